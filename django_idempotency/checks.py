@@ -1,0 +1,81 @@
+"""System checks for the ``IDEMPOTENCY`` setting and the configured store."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, register
+
+from django_idempotency import conf
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001 not a dict, E002 unknown key, E003 bad value, E004 storage,
+    E005 lock_timeout not below ttl; then the store's own checks."""
+    configured = getattr(settings, conf.SETTINGS_NAME, {})
+    if not isinstance(configured, Mapping):
+        return [
+            Error(
+                f"{conf.SETTINGS_NAME} must be a dict, not {type(configured).__name__}.",
+                hint=f"Set {conf.SETTINGS_NAME} = {{'TTL': 86400, ...}} or remove it.",
+                id="django_idempotency.E001",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    parsed: dict[str, Any] = {}
+    for name, value in configured.items():
+        option = conf.OPTIONS.get(name.lower()) if isinstance(name, str) else None
+        if option is None or option.setting != name:
+            close = difflib.get_close_matches(str(name).upper(), conf.SETTING_NAMES, n=1)
+            messages.append(
+                Error(
+                    f"{conf.SETTINGS_NAME} has an unknown key {name!r}.",
+                    hint=f"Did you mean {close[0]!r}?"
+                    if close
+                    else ("Known keys: " + ", ".join(sorted(conf.SETTING_NAMES)) + "."),
+                    id="django_idempotency.E002",
+                )
+            )
+            continue
+        try:
+            parsed[option.name] = option.parse(value)
+        except conf.OptionError as exc:
+            messages.append(
+                Error(
+                    f"{conf.SETTINGS_NAME}[{name!r}] is invalid: {exc}.",
+                    hint=f"See the reference of the {name} setting.",
+                    id="django_idempotency.E004"
+                    if option.name == "storage"
+                    else "django_idempotency.E003",
+                )
+            )
+    if messages:
+        return messages
+    defaults = {o.name: o.parse(o.default) for o in conf.OPTIONS.values() if o.name not in parsed}
+    values = {**defaults, **parsed}
+    if values["lock_timeout"] >= values["ttl"]:
+        messages.append(
+            Error(
+                f"{conf.SETTINGS_NAME}['LOCK_TIMEOUT'] ({values['lock_timeout']:g} s) must be "
+                f"below {conf.SETTINGS_NAME}['TTL'] ({values['ttl']:g} s).",
+                hint="A claim cannot outlive the record it claims; lower LOCK_TIMEOUT.",
+                id="django_idempotency.E005",
+            )
+        )
+    try:
+        storage = conf.get_storage(values["storage"])
+    except Exception as exc:  # the store's constructor rejected its options
+        messages.append(
+            Error(
+                f"The idempotency storage could not be created: {exc}.",
+                hint="Check IDEMPOTENCY['STORAGE'] and IDEMPOTENCY['STORAGE_OPTIONS'].",
+                id="django_idempotency.E004",
+            )
+        )
+    else:
+        messages.extend(storage.check())
+    return messages

@@ -1,0 +1,331 @@
+"""Configuration: the ``IDEMPOTENCY`` settings dict and per-view options.
+
+Every option has one entry in :data:`OPTIONS`: its keyword name, its default
+and the function that validates and normalises it. The settings dict uses the
+upper-case names, the decorator the lower-case ones. Settings are read when
+used, so ``override_settings`` works; the parsed result is cached until the
+``setting_changed`` signal says ``IDEMPOTENCY`` changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.http import HttpRequest, HttpResponseBase
+from django.utils.module_loading import import_string
+
+if TYPE_CHECKING:
+    from django_idempotency.errors import IdempotencyError
+    from django_idempotency.responses import StoredResponse
+    from django_idempotency.storage.base import BaseStorage
+
+SETTINGS_NAME = "IDEMPOTENCY"
+
+#: The default key format: 1 to 255 printable ASCII characters.
+DEFAULT_KEY_PATTERN = r"[\x20-\x7e]{1,255}"
+
+#: Methods protected unless ``methods`` says otherwise.
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+KeyFunc = Callable[[HttpRequest], object]
+ScopeFunc = Callable[[HttpRequest], str]
+FingerprintFunc = Callable[[HttpRequest], str]
+StoreIf = Callable[[HttpResponseBase], bool]
+DuplicateResponse = Callable[[HttpRequest, "StoredResponse"], HttpResponseBase]
+ErrorResponse = Callable[[HttpRequest, "IdempotencyError"], HttpResponseBase]
+
+
+class OptionError(ValueError):
+    """An option has a value of the wrong type or out of range."""
+
+
+# -- parsers: each takes a raw value and returns the normalised one ----------
+
+
+def _callable(value: Any, *, optional: bool = False) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise OptionError(f"cannot import {value!r}: {exc}") from exc
+    if not callable(value):
+        raise OptionError(f"expected a callable or a dotted path, got {value!r}")
+    return value
+
+
+def _optional_callable(value: Any) -> Any:
+    return _callable(value, optional=True)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"expected True or False, got {value!r}")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OptionError(f"expected seconds (a number) or a timedelta, got {value!r}")
+    if value <= 0:
+        raise OptionError(f"expected a positive duration, got {value!r}")
+    return float(value)
+
+
+def _status(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise OptionError(f"expected an HTTP status code, got {value!r}")
+    return value
+
+
+def _optional_status(value: Any) -> int | None:
+    return None if value is None else _status(value)
+
+
+def _header(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9-]+", value):
+        raise OptionError(f"expected a header name such as 'Idempotency-Key', got {value!r}")
+    return value
+
+
+def _key_pattern(value: Any) -> re.Pattern[str]:
+    if value is None:
+        value = DEFAULT_KEY_PATTERN
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise OptionError(f"expected a regular expression, got {value!r}")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise OptionError(f"invalid regular expression {value!r}: {exc}") from exc
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise OptionError(f"expected a list of names, got {value!r}")
+    names = tuple(value)
+    if not all(isinstance(name, str) and name for name in names):
+        raise OptionError(f"expected a list of names, got {value!r}")
+    return names
+
+
+def _methods(value: Any) -> frozenset[str]:
+    return frozenset(name.upper() for name in _names(value))
+
+
+def _on_conflict(value: Any) -> int | Literal["wait"]:
+    if value == "wait":
+        return "wait"
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise OptionError(
+            f"expected an HTTP error status (such as 409 or 423) or 'wait', got {value!r}"
+        )
+    return value
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise OptionError(f"expected a size in bytes, got {value!r}")
+    return value
+
+
+def _storage(value: Any) -> Any:
+    from django_idempotency.storage.base import BaseStorage
+
+    if value is None or isinstance(value, BaseStorage):
+        return value
+    if isinstance(value, str):
+        try:
+            cls = import_string(value)
+        except ImportError as exc:
+            raise OptionError(f"cannot import storage {value!r}: {exc}") from exc
+        if not (isinstance(cls, type) and issubclass(cls, BaseStorage)):
+            raise OptionError(f"{value!r} is not a subclass of BaseStorage")
+        return value
+    raise OptionError(
+        f"expected a dotted path to a storage class or a storage instance, got {value!r}"
+    )
+
+
+def _storage_options(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise OptionError(f"expected a dict of keyword arguments, got {value!r}")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    per_view: bool = True
+
+    @property
+    def setting(self) -> str:
+        return self.name.upper()
+
+
+OPTIONS: dict[str, Option] = {
+    option.name: option
+    for option in (
+        Option("storage", "django_idempotency.storage.DatabaseStorage", _storage),
+        Option("storage_options", {}, _storage_options, per_view=False),
+        Option("header", "Idempotency-Key", _header),
+        Option("key_func", None, _optional_callable),
+        Option("required", False, _bool),
+        Option("key_pattern", None, _key_pattern),
+        Option("methods", UNSAFE_METHODS, _methods),
+        Option("scope_func", "django_idempotency.scope.default_scope", _callable),
+        Option("fingerprint_func", "django_idempotency.fingerprint.request_fingerprint", _callable),
+        Option("ttl", 24 * 60 * 60, _seconds),
+        Option("lock_timeout", 30, _seconds),
+        Option("store_if", "django_idempotency.responses.store_if_not_server_error", _callable),
+        Option("on_conflict", 409, _on_conflict),
+        Option("wait_timeout", 10, _seconds),
+        Option("replay_status", None, _optional_status),
+        Option("replay_headers", (), _names),
+        Option("duplicate_response", None, _optional_callable),
+        Option("error_response", None, _optional_callable),
+        Option("fail_open", False, _bool),
+        Option("max_body_size", 1024 * 1024, _size),
+    )
+}
+
+SETTING_NAMES = frozenset(option.setting for option in OPTIONS.values())
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every option of one protected view, parsed, with the storage built."""
+
+    storage: BaseStorage
+    header: str
+    header_meta: str
+    key_func: KeyFunc | None
+    required: bool
+    key_pattern: re.Pattern[str]
+    methods: frozenset[str]
+    scope_func: ScopeFunc
+    fingerprint_func: FingerprintFunc
+    ttl: float
+    lock_timeout: float
+    store_if: StoreIf
+    on_conflict: int | Literal["wait"]
+    wait_timeout: float
+    replay_status: int | None
+    replay_headers: tuple[str, ...]
+    duplicate_response: DuplicateResponse | None
+    error_response: ErrorResponse | None
+    fail_open: bool
+    max_body_size: int
+    replayable_headers: frozenset[str] = field(default=frozenset())
+
+
+# -- reading the settings ------------------------------------------------------
+
+_cache: dict[str, Any] = {}
+_generation = [0]
+
+
+@receiver(setting_changed)
+def _reset_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTINGS_NAME, "DATABASES", "CACHES"):
+        _cache.clear()
+        _generation[0] += 1
+
+
+def generation() -> int:
+    """A number that changes whenever the cached configuration is dropped."""
+    return _generation[0]
+
+
+def user_settings() -> Mapping[str, Any]:
+    value = getattr(settings, SETTINGS_NAME, {})
+    return value if isinstance(value, Mapping) else {}
+
+
+def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate per-view keyword arguments; raise ``TypeError`` or ``OptionError``."""
+    parsed: dict[str, Any] = {}
+    for name, value in overrides.items():
+        option = OPTIONS.get(name)
+        if option is None or not option.per_view:
+            raise TypeError(f"idempotent() got an unexpected keyword argument {name!r}")
+        try:
+            parsed[name] = option.parse(value)
+        except OptionError as exc:
+            raise OptionError(f"idempotent({name}=...): {exc}") from None
+    return parsed
+
+
+def global_options() -> dict[str, Any]:
+    """The parsed settings dict, defaults filled in; cached."""
+    cached = _cache.get("global")
+    if cached is None:
+        configured = user_settings()
+        cached = {}
+        for option in OPTIONS.values():
+            raw = configured.get(option.setting, option.default)
+            try:
+                cached[option.name] = option.parse(raw)
+            except OptionError as exc:
+                raise OptionError(f"{SETTINGS_NAME}[{option.setting!r}]: {exc}") from None
+        _cache["global"] = cached
+    return cached
+
+
+def get_storage(spec: Any = None) -> BaseStorage:
+    """The storage for ``spec``: an instance, a dotted path, or None for the default."""
+    from django_idempotency.storage.base import BaseStorage
+
+    if isinstance(spec, BaseStorage):
+        return spec
+    options = global_options()
+    path = OPTIONS["storage"].parse(spec) or options["storage"]
+    if isinstance(path, BaseStorage):
+        return path
+    cache_key = f"storage:{path}"
+    storage = _cache.get(cache_key)
+    if storage is None:
+        cls = import_string(path)
+        kwargs = options["storage_options"] if path == options["storage"] else {}
+        storage = cls(**{name.lower(): value for name, value in kwargs.items()})
+        _cache[cache_key] = storage
+    return storage  # type: ignore[no-any-return]
+
+
+def build_policy(overrides: Mapping[str, Any]) -> Policy:
+    """Merge parsed per-view overrides over the parsed settings."""
+    values = {**global_options(), **overrides}
+    values.pop("storage_options")
+    values["storage"] = get_storage(values["storage"])
+    header = values["header"]
+    values["header_meta"] = "HTTP_" + header.upper().replace("-", "_")
+    values["replayable_headers"] = frozenset(
+        name.lower() for name in (*SAFE_REPLAY_HEADERS, *values["replay_headers"])
+    )
+    return Policy(**values)
+
+
+#: Response headers replayed by default. ``Set-Cookie`` and other headers that
+#: belong to one exchange are never on it.
+SAFE_REPLAY_HEADERS = (
+    "Content-Type",
+    "Content-Language",
+    "Location",
+    "Content-Location",
+    "ETag",
+    "Last-Modified",
+    "Link",
+)

@@ -1,0 +1,296 @@
+"""The decisions: what a protected request gets, in one place.
+
+:class:`Idempotency` is the configured protection of one view. Its ``handle``
+and ``ahandle`` are the only code that talks to a store, one for sync views
+and one for async ones; both are thin drivers over :class:`Exchange`, which
+takes every decision (run, replay, refuse, wait, store or release) without
+doing any I/O of its own. The view decorator and the DRF mixin both adapt to
+this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from django.http import HttpRequest, HttpResponseBase
+
+from django_idempotency import conf, signals
+from django_idempotency.conf import Policy
+from django_idempotency.errors import (
+    IdempotencyError,
+    KeyInUse,
+    KeyMismatch,
+    KeyMissing,
+    ResponseNotStored,
+    StorageUnavailable,
+    problem_response,
+)
+from django_idempotency.keys import get_key
+from django_idempotency.responses import StoredResponse, capture, render, replay
+from django_idempotency.storage.base import Claim, RequestKey, StorageError
+
+logger = logging.getLogger("django_idempotency")
+
+#: How long ``on_conflict="wait"`` sleeps between looks at the first request:
+#: from the first delay, doubling up to the longest.
+WAIT_FIRST_DELAY = 0.05
+WAIT_LONGEST_DELAY = 0.5
+
+#: ``Retry-After`` of the in-use answer, in seconds.
+RETRY_AFTER = "1"
+
+
+class Exchange:
+    """One protected request: its key, its claim, and every decision about it."""
+
+    def __init__(self, request: HttpRequest, policy: Policy, key: RequestKey) -> None:
+        self.request = request
+        self.policy = policy
+        self.key = key
+        self.token: str | None = None
+        self._deadline: float | None = None
+        self._delay = WAIT_FIRST_DELAY
+
+    # -- before the view -------------------------------------------------------
+
+    def on_claim(self, claim: Claim) -> HttpResponseBase | float | None:
+        """After a claim: None to run the view, a response to answer with, or
+        a number of seconds to sleep before claiming again (``"wait"``)."""
+        if claim.token is not None:
+            self.token = claim.token
+            self._signal(signals.key_claimed, "claimed", logging.DEBUG)
+            return None
+        record = claim.record
+        assert record is not None
+        if not hmac.compare_digest(record.fingerprint, self.key.fingerprint):
+            self._signal(signals.key_mismatch, "reused with a different request", logging.WARNING)
+            return self.error(KeyMismatch())
+        if record.response is None:
+            self._signal(signals.key_conflict, "still in progress", logging.INFO)
+            delay = self._next_delay()
+            if delay is not None:
+                return delay
+            status = None if self.policy.on_conflict == "wait" else self.policy.on_conflict
+            return self.error(KeyInUse(status=status, headers={"Retry-After": RETRY_AFTER}))
+        self._signal(signals.key_replayed, "replayed", logging.INFO)
+        return self.duplicate(record.response)
+
+    def duplicate(self, stored: StoredResponse) -> HttpResponseBase:
+        """The answer to a duplicate of a completed request."""
+        if self.policy.duplicate_response is not None:
+            return self.policy.duplicate_response(self.request, stored)
+        if not stored.replayable:
+            return self.error(ResponseNotStored(original_status=stored.status))
+        return replay(stored, self.policy)
+
+    def _next_delay(self) -> float | None:
+        if self.policy.on_conflict != "wait":
+            return None
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.policy.wait_timeout
+        if now >= self._deadline:
+            return None
+        delay = min(self._delay, self._deadline - now)
+        self._delay = min(self._delay * 2, WAIT_LONGEST_DELAY)
+        return delay
+
+    def on_storage_error(self, exc: StorageError) -> HttpResponseBase | None:
+        """The store failed at claim time: a 503, or None to run the view
+        unprotected when ``fail_open`` is set."""
+        if self.policy.fail_open:
+            logger.warning(
+                "Idempotency store unavailable (%s); running the view unprotected "
+                "because fail_open is set. key=%s",
+                exc,
+                self.key.log_id,
+            )
+            return None
+        logger.error("Idempotency store unavailable (%s). key=%s", exc, self.key.log_id)
+        return self.error(StorageUnavailable(headers={"Retry-After": RETRY_AFTER}))
+
+    # -- after the view --------------------------------------------------------
+
+    def outcome(self, response: HttpResponseBase) -> StoredResponse | None:
+        """What to store of the view's response, or None to release the key."""
+        if not self.policy.store_if(response):
+            return None
+        return capture(render(response), self.policy)
+
+    def completed(self, stored: bool) -> None:
+        if stored:
+            self._signal(signals.key_completed, "completed", logging.DEBUG)
+        else:
+            logger.warning(
+                "Idempotency claim lost before completion (the view outlived its "
+                "lock_timeout and another request took the key over); the response "
+                "was not stored. key=%s",
+                self.key.log_id,
+            )
+
+    def released(self, reason: str) -> None:
+        self._signal(signals.key_released, f"released ({reason})", logging.INFO)
+
+    def finish_failed(self, exc: StorageError, stage: str) -> None:
+        logger.error(
+            "Idempotency store unavailable at %s (%s); the claim stays until its "
+            "lock_timeout passes. key=%s",
+            stage,
+            exc,
+            self.key.log_id,
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def error(self, error: IdempotencyError) -> HttpResponseBase:
+        return render_error(self.request, self.policy, error)
+
+    def _signal(self, signal: Any, event: str, level: int) -> None:
+        logger.log(level, "Idempotency key %s. key=%s", event, self.key.log_id)
+        signal.send(sender=type(self.policy.storage), request=self.request, key=self.key)
+
+
+def render_error(request: HttpRequest, policy: Policy, error: IdempotencyError) -> HttpResponseBase:
+    renderer = policy.error_response or problem_response
+    return renderer(request, error)
+
+
+def start(request: HttpRequest, policy: Policy) -> Exchange | HttpResponseBase | None:
+    """Before any I/O: an :class:`Exchange` to protect, an error response, or
+    None when the request passes through unprotected (another method, or no
+    key where none is required)."""
+    if request.method not in policy.methods:
+        return None
+    try:
+        key = get_key(request, policy)
+        if key is None:
+            if policy.required:
+                raise KeyMissing()
+            return None
+    except IdempotencyError as error:
+        return render_error(request, policy, error)
+    scope = policy.scope_func(request)
+    fingerprint = policy.fingerprint_func(request)
+    return Exchange(request, policy, RequestKey(scope=scope, key=key, fingerprint=fingerprint))
+
+
+View = Callable[..., HttpResponseBase]
+AsyncView = Callable[..., Awaitable[HttpResponseBase]]
+
+
+class Idempotency:
+    """The protection of one view: its options, parsed once and checked at
+    decoration time, and the drivers that run a request through a store."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.overrides = conf.parse_overrides(options or {})
+        self._policy: Policy | None = None
+        self._generation = -1
+
+    @property
+    def policy(self) -> Policy:
+        """The options merged over the settings, rebuilt when settings change."""
+        generation = conf.generation()
+        if self._policy is None or self._generation != generation:
+            self._policy = conf.build_policy(self.overrides)
+            self._generation = generation
+        return self._policy
+
+    def handle(
+        self, request: HttpRequest, view: View, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        """Run a sync view under the protection."""
+        exchange = start(request, self.policy)
+        if not isinstance(exchange, Exchange):
+            return exchange if exchange is not None else view(request, *args, **kwargs)
+        storage = exchange.policy.storage
+        ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
+        while True:
+            try:
+                claim = storage.claim(exchange.key, ttl=ttl, lease=lease)
+            except StorageError as exc:
+                answer = exchange.on_storage_error(exc)
+                return answer if answer is not None else view(request, *args, **kwargs)
+            decision = exchange.on_claim(claim)
+            if not isinstance(decision, float):
+                break
+            time.sleep(decision)
+        if decision is not None:
+            return decision
+        token = exchange.token
+        assert token is not None
+        try:
+            response = view(request, *args, **kwargs)
+        except BaseException:
+            self._release(exchange, token, "exception")
+            raise
+        stored = exchange.outcome(response)
+        if stored is None:
+            self._release(exchange, token, f"status {response.status_code}")
+            return response
+        try:
+            exchange.completed(storage.complete(exchange.key, token, stored))
+        except StorageError as exc:
+            exchange.finish_failed(exc, "completion")
+        return response
+
+    async def ahandle(
+        self, request: HttpRequest, view: AsyncView, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        """Run an async view under the protection; the mirror of :meth:`handle`."""
+        exchange = start(request, self.policy)
+        if not isinstance(exchange, Exchange):
+            return exchange if exchange is not None else await view(request, *args, **kwargs)
+        storage = exchange.policy.storage
+        ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
+        while True:
+            try:
+                claim = await storage.aclaim(exchange.key, ttl=ttl, lease=lease)
+            except StorageError as exc:
+                answer = exchange.on_storage_error(exc)
+                return answer if answer is not None else await view(request, *args, **kwargs)
+            decision = exchange.on_claim(claim)
+            if not isinstance(decision, float):
+                break
+            await asyncio.sleep(decision)
+        if decision is not None:
+            return decision
+        token = exchange.token
+        assert token is not None
+        try:
+            response = await view(request, *args, **kwargs)
+        except BaseException:
+            await self._arelease(exchange, token, "exception")
+            raise
+        stored = exchange.outcome(response)
+        if stored is None:
+            await self._arelease(exchange, token, f"status {response.status_code}")
+            return response
+        try:
+            exchange.completed(await storage.acomplete(exchange.key, token, stored))
+        except StorageError as exc:
+            exchange.finish_failed(exc, "completion")
+        return response
+
+    @staticmethod
+    def _release(exchange: Exchange, token: str, reason: str) -> None:
+        try:
+            exchange.policy.storage.release(exchange.key, token)
+        except StorageError as exc:
+            exchange.finish_failed(exc, "release")
+        else:
+            exchange.released(reason)
+
+    @staticmethod
+    async def _arelease(exchange: Exchange, token: str, reason: str) -> None:
+        try:
+            await exchange.policy.storage.arelease(exchange.key, token)
+        except StorageError as exc:
+            exchange.finish_failed(exc, "release")
+        else:
+            exchange.released(reason)

@@ -1,0 +1,52 @@
+"""``manage.py purge_idempotency_keys``: delete expired keys in batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_idempotency import conf
+from django_idempotency.storage.base import StorageError
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete expired idempotency keys in batches. Keys whose claim is still "
+        "live are never deleted. Run it from cron, for example hourly."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=1000,
+            help="How many keys one DELETE removes (default: 1000).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Count the keys that would be deleted, and delete none.",
+        )
+        parser.add_argument(
+            "--storage",
+            help="Dotted path of the store to purge (default: IDEMPOTENCY['STORAGE']).",
+        )
+
+    def handle(self, *args: Any, batch_size: int, dry_run: bool, **options: Any) -> None:
+        if batch_size < 1:
+            raise CommandError("--batch-size must be a positive number.")
+        try:
+            storage = conf.get_storage(options.get("storage"))
+        except (ImportError, conf.OptionError, TypeError) as exc:
+            raise CommandError(f"Cannot use the idempotency storage: {exc}") from exc
+        try:
+            result = storage.purge(batch_size=batch_size, dry_run=dry_run)
+        except StorageError as exc:
+            raise CommandError(f"The idempotency storage failed: {exc}") from exc
+        if result is None:
+            self.stdout.write(f"Nothing to purge: {type(storage).__name__} expires keys by itself.")
+        elif dry_run:
+            self.stdout.write(f"{result.deleted} expired keys would be deleted (dry run).")
+        else:
+            self.stdout.write(f"Deleted {result.deleted} expired keys in {result.batches} batches.")

@@ -1,0 +1,67 @@
+"""Stored responses: what is kept of a view's response, and how it is replayed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.http import HttpResponse, HttpResponseBase
+
+from django_idempotency.conf import Policy
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A response as stored: status, replayable headers and body.
+
+    ``replayable`` is False when the response was streamed or larger than
+    ``max_body_size``: then only its status is kept, and duplicates are told
+    that the first request was processed but cannot be replayed.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    replayable: bool = True
+
+
+def store_if_not_server_error(response: HttpResponseBase) -> bool:
+    """The default ``store_if``: keep every outcome but a server error (5xx)."""
+    return response.status_code < 500
+
+
+def render(response: HttpResponseBase) -> HttpResponseBase:
+    """Render a not yet rendered ``TemplateResponse`` so its body can be stored."""
+    render_method: Callable[[], object] | None = getattr(response, "render", None)
+    if render_method is not None and not getattr(response, "is_rendered", True):
+        render_method()
+    return response
+
+
+def capture(response: HttpResponseBase, policy: Policy) -> StoredResponse:
+    """What to store of ``response`` under ``policy``."""
+    if response.streaming or not isinstance(response, HttpResponse):
+        return StoredResponse(status=response.status_code, replayable=False)
+    body = response.content
+    if len(body) > policy.max_body_size:
+        return StoredResponse(status=response.status_code, replayable=False)
+    headers = tuple(
+        (name, value)
+        for name, value in response.items()
+        if name.lower() in policy.replayable_headers
+    )
+    return StoredResponse(status=response.status_code, headers=headers, body=body)
+
+
+def replay(stored: StoredResponse, policy: Policy) -> HttpResponse:
+    """A new response equal to the stored one, marked as a replay."""
+    response = HttpResponse(stored.body, status=policy.replay_status or stored.status)
+    # HttpResponse sets a default Content-Type; the stored one, if any, wins.
+    for name, value in stored.headers:
+        response[name] = value
+    if not any(name.lower() == "content-type" for name, _ in stored.headers):
+        del response["Content-Type"]
+    response[REPLAYED_HEADER] = "true"
+    return response

@@ -1,0 +1,126 @@
+"""The storage contract every store implements."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from django.core.checks import CheckMessage
+
+from django_idempotency.responses import StoredResponse
+
+State = Literal["in_progress", "completed"]
+
+
+class StorageError(Exception):
+    """The store cannot be reached or did not answer. Raised from the store's
+    own exception, so the engine fails closed (503) or open as configured."""
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """One idempotency key as the stores see it.
+
+    ``scope`` and ``key`` identify the record; ``fingerprint`` identifies the
+    request made with it. Stores look records up by ``digest``, a SHA-256 of
+    scope and key, so that neither length nor content of either matters.
+    """
+
+    scope: str
+    key: str
+    fingerprint: str
+
+    @cached_property
+    def digest(self) -> str:
+        scope = self.scope.encode()
+        return hashlib.sha256(b"%d:%s%s" % (len(scope), scope, self.key.encode())).hexdigest()
+
+    @property
+    def log_id(self) -> str:
+        """What logs and signals show instead of the key: a prefix of the digest."""
+        return self.digest[:16]
+
+
+@dataclass(frozen=True)
+class Record:
+    """An existing record that a claim ran into."""
+
+    state: State
+    fingerprint: str
+    response: StoredResponse | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of :meth:`BaseStorage.claim`.
+
+    Either ``token`` is set (this request owns the key and must complete or
+    release it with that token) or ``record`` is (another request has it).
+    """
+
+    token: str | None = None
+    record: Record | None = None
+
+    @property
+    def claimed(self) -> bool:
+        return self.token is not None
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    deleted: int
+    batches: int
+
+
+class BaseStorage:
+    """Base class of stores. Subclass it to keep keys elsewhere.
+
+    Each method is atomic on the store: two concurrent claims of one key can
+    never both succeed, and only the owner of a claim (holder of its token)
+    can complete or release it. Times (``ttl``, ``lease``) are seconds and are
+    measured by the store's clock, never the caller's.
+
+    The ``a``-prefixed methods are the async versions; by default they run the
+    sync ones in a thread. Stores with a native async client override them.
+    """
+
+    def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
+        """Claim ``key`` for ``lease`` seconds, unless a live record exists.
+
+        A record whose ``ttl`` has passed counts as absent. An ``in_progress``
+        record whose lease has passed, made with the same fingerprint, is taken
+        over. Return the new token, or the existing record.
+        """
+        raise NotImplementedError
+
+    def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
+        """Store ``response`` and mark the key completed, if ``token`` still owns it.
+
+        Return False when the claim was lost (its lease passed and another
+        request took the key over): then nothing is written.
+        """
+        raise NotImplementedError
+
+    def release(self, key: RequestKey, token: str) -> bool:
+        """Forget the claim if ``token`` still owns it, so a retry runs again."""
+        raise NotImplementedError
+
+    def purge(self, *, batch_size: int, dry_run: bool = False) -> PurgeResult | None:
+        """Delete expired records in batches; None if the store expires them itself."""
+        return None
+
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
+        """System check messages about this store's configuration."""
+        return []
+
+    async def aclaim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
+        return await sync_to_async(self.claim)(key, ttl=ttl, lease=lease)
+
+    async def acomplete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
+        return await sync_to_async(self.complete)(key, token, response)
+
+    async def arelease(self, key: RequestKey, token: str) -> bool:
+        return await sync_to_async(self.release)(key, token)

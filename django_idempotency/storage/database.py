@@ -1,0 +1,252 @@
+"""The database store: records in the ``IdempotencyKey`` model.
+
+Claims are one ``INSERT ... ON CONFLICT DO NOTHING`` (``INSERT IGNORE`` on
+MySQL/MariaDB, ``INSERT OR IGNORE`` on SQLite) against the unique ``digest``
+column: whichever insert the database accepts first owns the key, on every
+backend, across processes and machines. A completion and a release are each
+one ``UPDATE``/``DELETE`` fenced by the owner's token. Every time is computed
+by the database (:class:`DatabaseNow`), so workers' clocks never matter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.db import DatabaseError, connections, router
+from django.db.models import DateTimeField, Expression, Func, Q, Value
+from django.db.models.constants import OnConflict
+from django.db.models.expressions import CombinedExpression
+from django.db.models.sql import InsertQuery
+from django.db.models.sql.compiler import SQLCompiler
+
+from django_idempotency.models import IdempotencyKey, State
+from django_idempotency.responses import StoredResponse
+from django_idempotency.storage.base import (
+    BaseStorage,
+    Claim,
+    PurgeResult,
+    Record,
+    RequestKey,
+    StorageError,
+)
+
+#: How often a claim retries when the record it ran into vanished meanwhile.
+CLAIM_ATTEMPTS = 3
+
+
+class DatabaseNow(Func):
+    """The database's current UTC time, with sub-second precision."""
+
+    template = "CURRENT_TIMESTAMP"
+    output_field = DateTimeField()
+
+    def as_postgresql(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="STATEMENT_TIMESTAMP()", **extra)
+
+    def as_mysql(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
+        # CURRENT_TIMESTAMP is in the session's time zone; Django stores UTC.
+        return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra)
+
+    def as_sqlite(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="STRFTIME('%%%%Y-%%%%m-%%%%d %%%%H:%%%%M:%%%%f', 'NOW')",
+            **extra,
+        )
+
+
+def _now_plus(seconds: float) -> Expression:
+    return CombinedExpression(
+        DatabaseNow(), "+", Value(timedelta(seconds=seconds)), output_field=DateTimeField()
+    )
+
+
+class DatabaseStorage(BaseStorage):
+    """Keeps records in the project's database (the default store).
+
+    ``database`` is the alias to use; by default, where the database routers
+    send writes of :class:`~django_idempotency.models.IdempotencyKey`.
+    """
+
+    def __init__(self, *, database: str | None = None) -> None:
+        self._database = database
+
+    @property
+    def alias(self) -> str:
+        return self._database or router.db_for_write(IdempotencyKey)
+
+    # -- the contract ----------------------------------------------------------
+
+    def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
+        token = uuid.uuid4().hex
+        try:
+            for _attempt in range(CLAIM_ATTEMPTS):
+                if self._insert(key, token, ttl=ttl, lease=lease):
+                    return Claim(token=token)
+                if self._take_over(key, token, ttl=ttl, lease=lease):
+                    return Claim(token=token)
+                record = self._live_record(key)
+                if record is not None:
+                    return Claim(record=record)
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+        raise StorageError("the record kept changing while it was being claimed")
+
+    def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
+        try:
+            updated = self._owned(key, token).update(
+                state=State.COMPLETED,
+                locked_until=None,
+                response_status=response.status,
+                response_headers=[list(pair) for pair in response.headers],
+                response_body=response.body,
+                replayable=response.replayable,
+            )
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+        return bool(updated == 1)
+
+    def release(self, key: RequestKey, token: str) -> bool:
+        try:
+            deleted, _ = self._owned(key, token).delete()
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+        return bool(deleted == 1)
+
+    def purge(self, *, batch_size: int, dry_run: bool = False) -> PurgeResult:
+        """Delete expired records, ``batch_size`` at a time, never one with a
+        live claim. Each batch is a SELECT of primary keys and a DELETE that
+        checks expiry again, so a record claimed meanwhile is left alone and
+        memory stays flat whatever the number of rows."""
+        expired = self._manager().filter(
+            Q(expires_at__lte=DatabaseNow())
+            & (Q(state=State.COMPLETED) | Q(locked_until__lte=DatabaseNow()))
+        )
+        deleted = batches = 0
+        try:
+            if dry_run:
+                return PurgeResult(deleted=expired.count(), batches=0)
+            while True:
+                pks = list(expired.order_by("pk").values_list("pk", flat=True)[:batch_size])
+                if not pks:
+                    break
+                count, _ = expired.filter(pk__in=pks).delete()
+                deleted += count
+                batches += 1
+                if len(pks) < batch_size:
+                    break
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+        return PurgeResult(deleted=deleted, batches=batches)
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        if self._database is not None and self._database not in settings.DATABASES:
+            return [
+                checks.Error(
+                    f"The idempotency storage uses the database {self._database!r}, "
+                    "which is not in DATABASES.",
+                    hint="Set IDEMPOTENCY['STORAGE_OPTIONS']['DATABASE'] to a DATABASES alias.",
+                    id="django_idempotency.E010",
+                )
+            ]
+        alias = self.alias
+        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS"):
+            return [
+                checks.Warning(
+                    f"ATOMIC_REQUESTS is on for the database {alias!r} that stores "
+                    "idempotency keys: claims commit only with the whole request, so "
+                    "concurrent duplicates wait for the first instead of being answered.",
+                    hint=(
+                        "Add a second DATABASES alias for the same database without "
+                        "ATOMIC_REQUESTS and set IDEMPOTENCY['STORAGE_OPTIONS'] = "
+                        "{'DATABASE': '<alias>'}."
+                    ),
+                    id="django_idempotency.W010",
+                )
+            ]
+        return []
+
+    # -- statements ------------------------------------------------------------
+
+    def _manager(self) -> Any:
+        return IdempotencyKey._default_manager.using(self.alias)
+
+    def _owned(self, key: RequestKey, token: str) -> Any:
+        return self._manager().filter(digest=key.digest, owner=token, state=State.IN_PROGRESS)
+
+    def _claim_values(
+        self, key: RequestKey, token: str, *, ttl: float, lease: float
+    ) -> dict[str, Any]:
+        return {
+            "scope": key.scope,
+            "key": key.key,
+            "fingerprint": key.fingerprint,
+            "state": State.IN_PROGRESS,
+            "owner": token,
+            "locked_until": _now_plus(lease),
+            "response_status": None,
+            "response_headers": None,
+            "response_body": None,
+            "replayable": True,
+            "created_at": DatabaseNow(),
+            "expires_at": _now_plus(ttl),
+        }
+
+    def _insert(self, key: RequestKey, token: str, *, ttl: float, lease: float) -> bool:
+        """INSERT unless the digest exists; True if this row went in."""
+        row = IdempotencyKey(
+            digest=key.digest, **self._claim_values(key, token, ttl=ttl, lease=lease)
+        )
+        fields = [f for f in IdempotencyKey._meta.concrete_fields if not f.primary_key]
+        query = InsertQuery(IdempotencyKey, on_conflict=OnConflict.IGNORE)
+        query.insert_values(fields, [row])
+        alias = self.alias
+        compiler = query.get_compiler(using=alias)
+        with connections[alias].cursor() as cursor:
+            for sql, params in compiler.as_sql():
+                cursor.execute(sql, params)
+            return bool(cursor.rowcount == 1)
+
+    def _take_over(self, key: RequestKey, token: str, *, ttl: float, lease: float) -> bool:
+        """Claim an expired record, or an abandoned claim of the same request."""
+        now = DatabaseNow()
+        stale = Q(expires_at__lte=now) | Q(
+            state=State.IN_PROGRESS, locked_until__lte=now, fingerprint=key.fingerprint
+        )
+        updated = (
+            self._manager()
+            .filter(stale, digest=key.digest)
+            .update(**self._claim_values(key, token, ttl=ttl, lease=lease))
+        )
+        return bool(updated == 1)
+
+    def _live_record(self, key: RequestKey) -> Record | None:
+        rows = list(
+            self._manager()
+            .filter(digest=key.digest, expires_at__gt=DatabaseNow())
+            .values_list(
+                "state",
+                "fingerprint",
+                "response_status",
+                "response_headers",
+                "response_body",
+                "replayable",
+            )[:1]
+        )
+        if not rows:
+            return None
+        state, fingerprint, status, headers, body, replayable = rows[0]
+        response = None
+        if state == State.COMPLETED:
+            response = StoredResponse(
+                status=status,
+                headers=tuple((name, value) for name, value in headers or ()),
+                body=bytes(body or b""),
+                replayable=replayable,
+            )
+        return Record(state=state, fingerprint=fingerprint, response=response)

@@ -1,0 +1,92 @@
+"""Shared fixtures: views served under a URLconf made per test, a database
+alias that is really down, and the database vendor under test."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import connection, connections
+from django.urls import clear_url_caches, path
+
+from django_idempotency import conf
+
+URLCONF = "idempotency_test_urls"
+
+
+@pytest.fixture
+def serve(settings: Any) -> Iterator[Callable[..., str]]:
+    """``serve(view, route="endpoint/")`` mounts ``view`` and returns its URL.
+
+    Views are served through Django's whole request handling (URL resolution,
+    middleware), so ``request.resolver_match`` and the default scope are real.
+    """
+    module = types.ModuleType(URLCONF)
+    module.urlpatterns = []  # type: ignore[attr-defined]
+    sys.modules[URLCONF] = module
+    settings.ROOT_URLCONF = URLCONF
+
+    def mount(view: Callable[..., Any], route: str = "endpoint/") -> str:
+        module.urlpatterns.append(path(route, view))  # type: ignore[attr-defined]
+        clear_url_caches()
+        return "/" + route
+
+    yield mount
+    del sys.modules[URLCONF]
+    clear_url_caches()
+
+
+@pytest.fixture
+def idempotency_settings(settings: Any) -> Callable[..., None]:
+    """``idempotency_settings(TTL=5, ...)`` sets ``IDEMPOTENCY`` for one test."""
+
+    def update(**values: Any) -> None:
+        settings.IDEMPOTENCY = {**getattr(settings, "IDEMPOTENCY", {}), **values}
+
+    return update
+
+
+@pytest.fixture(autouse=True)
+def _fresh_configuration() -> Iterator[None]:
+    # Stores built from settings are cached; every test starts without them.
+    conf._reset_cache(setting=conf.SETTINGS_NAME)
+    yield
+    conf._reset_cache(setting=conf.SETTINGS_NAME)
+
+
+@pytest.fixture
+def db_vendor() -> str:
+    """``sqlite``, ``postgresql`` or ``mysql`` (MariaDB): the database under test."""
+    return connection.vendor
+
+
+@pytest.fixture
+def down_database(django_db_blocker: Any) -> Iterator[str]:
+    """The alias of a database that cannot be reached: the same engine as
+    ``default``, pointed at a closed port (or, for SQLite, a file in a
+    directory that does not exist). Every query on it fails as it does when
+    the real database is down.
+
+    Tests using it take no ``django_db`` mark: they need no test database,
+    and database access is unblocked for them by this fixture.
+    """
+    alias = "idempotency_down"
+    dead = copy.deepcopy(connections.settings["default"])
+    if dead["ENGINE"].endswith("sqlite3"):
+        dead["NAME"] = "/nonexistent-directory/idempotency.sqlite3"
+    else:
+        dead["HOST"], dead["PORT"] = "127.0.0.1", "9"  # the discard port: closed
+        dead["OPTIONS"] = {**dead.get("OPTIONS", {}), "connect_timeout": 2}
+    connections.settings[alias] = dead
+    with django_db_blocker.unblock():
+        yield alias
+    for conn in connections.all(initialized_only=True):
+        if conn.alias == alias:
+            conn.close()
+    if hasattr(connections._connections, alias):
+        delattr(connections._connections, alias)
+    del connections.settings[alias]
