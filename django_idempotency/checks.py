@@ -57,11 +57,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         return messages
     defaults = {o.name: o.parse(o.default) for o in conf.OPTIONS.values() if o.name not in parsed}
     values = {**defaults, **parsed}
-    if values["lock_timeout"] >= values["ttl"]:
+    problem = conf.lease_problem(values["ttl"], values["lock_timeout"])
+    if problem:
         messages.append(
             Error(
-                f"{conf.SETTINGS_NAME}['LOCK_TIMEOUT'] ({values['lock_timeout']:g} s) must be "
-                f"below {conf.SETTINGS_NAME}['TTL'] ({values['ttl']:g} s).",
+                f"{conf.SETTINGS_NAME}: {problem}.",
                 hint="A claim cannot outlive the record it claims; lower LOCK_TIMEOUT.",
                 id="django_idempotency.E005",
             )

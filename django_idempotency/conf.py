@@ -266,7 +266,19 @@ def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             parsed[name] = option.parse(value)
         except OptionError as exc:
             raise OptionError(f"idempotent({name}=...): {exc}") from None
+    if "ttl" in parsed and "lock_timeout" in parsed:
+        problem = lease_problem(parsed["ttl"], parsed["lock_timeout"])
+        if problem:
+            raise OptionError(f"idempotent(): {problem}")
     return parsed
+
+
+def lease_problem(ttl: float, lock_timeout: float) -> str | None:
+    """Why ``lock_timeout`` does not fit ``ttl``, or None: a claim may not
+    outlive the record it claims."""
+    if lock_timeout >= ttl:
+        return f"lock_timeout ({lock_timeout:g} s) must be below ttl ({ttl:g} s)"
+    return None
 
 
 def global_options() -> dict[str, Any]:
@@ -308,6 +320,9 @@ def get_storage(spec: Any = None) -> BaseStorage:
 def build_policy(overrides: Mapping[str, Any]) -> Policy:
     """Merge parsed per-view overrides over the parsed settings."""
     values = {**global_options(), **overrides}
+    problem = lease_problem(values["ttl"], values["lock_timeout"])
+    if problem:
+        raise OptionError(f"{SETTINGS_NAME} and idempotent() options: {problem}")
     values.pop("storage_options")
     values["storage"] = get_storage(values["storage"])
     header = values["header"]

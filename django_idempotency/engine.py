@@ -71,7 +71,8 @@ class Exchange:
             self._signal(signals.key_mismatch, "reused with a different request", logging.WARNING)
             return self.error(KeyMismatch())
         if record.response is None:
-            self._signal(signals.key_conflict, "still in progress", logging.INFO)
+            if self._deadline is None:  # once per request, however long it waits
+                self._signal(signals.key_conflict, "still in progress", logging.INFO)
             delay = self._next_delay()
             if delay is not None:
                 return delay

@@ -47,6 +47,15 @@ class Command(BaseCommand):
         if result is None:
             self.stdout.write(f"Nothing to purge: {type(storage).__name__} expires keys by itself.")
         elif dry_run:
-            self.stdout.write(f"{result.deleted} expired keys would be deleted (dry run).")
+            self.stdout.write(
+                f"{_count(result.deleted, 'expired key')} would be deleted (dry run)."
+            )
         else:
-            self.stdout.write(f"Deleted {result.deleted} expired keys in {result.batches} batches.")
+            self.stdout.write(
+                f"Deleted {_count(result.deleted, 'expired key')} "
+                f"in {_count(result.batches, 'batch', 'batches')}."
+            )
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
