@@ -77,3 +77,15 @@ def create_order_slowly_conflict(request: HttpRequest) -> HttpResponse:
     delay = min(float(request.GET.get("delay", "0.3")), 5.0)
     time.sleep(delay)
     return _created(Order.objects.create(**_order_fields(request)))
+
+
+#: The ttl of /short-lived/orders/, in seconds: short enough to watch a key expire.
+SHORT_TTL = 2
+
+
+@csrf_exempt
+@idempotent(ttl=SHORT_TTL, lock_timeout=1)
+def create_order_short_lived(request: HttpRequest) -> HttpResponse:
+    """POST /short-lived/orders/: keys expire after SHORT_TTL seconds, then the
+    same request runs again."""
+    return _created(Order.objects.create(**_order_fields(request)))

@@ -1,0 +1,160 @@
+"""The ``idempotency_demo`` walkthrough shows what a reader should see: each
+answer in order, and one order per view run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from demo.models import Order
+from django_idempotency.models import IdempotencyKey
+
+MANAGE_PY = Path(__file__).resolve().parent.parent / "testproject" / "manage.py"
+
+STATUS_LINE = re.compile(r"^\s*< (\d{3}) ")
+HEADER_LINE = re.compile(r"^\s*< ([A-Za-z][A-Za-z-]*): (.*)$")
+BODY_LINE = re.compile(r"^\s*< (.*)$")
+ORDERS_LINE = re.compile(r"^\s*orders in the database: (\d+) \(([+-]\d+)\)$")
+KEY_LINE = re.compile(r"^\s*> Idempotency-Key: (.+)$")
+
+
+@dataclass
+class Answer:
+    """One response as the demo printed it."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+
+    @property
+    def replayed(self) -> bool:
+        return self.headers.get("Idempotent-Replayed") == "true"
+
+
+def answers(output: str) -> list[Answer]:
+    found: list[Answer] = []
+    for line in output.splitlines():
+        status = STATUS_LINE.match(line)
+        if status:
+            found.append(Answer(int(status.group(1))))
+            continue
+        header = HEADER_LINE.match(line)
+        if header and found and not found[-1].body:
+            found[-1].headers[header.group(1)] = header.group(2)
+            continue
+        body = BODY_LINE.match(line)
+        if body and found:
+            found[-1].body = body.group(1)
+    return found
+
+
+def order_deltas(output: str) -> list[int]:
+    return [int(m.group(2)) for line in output.splitlines() if (m := ORDERS_LINE.match(line))]
+
+
+def keys_sent(output: str) -> list[str]:
+    return [m.group(1) for line in output.splitlines() if (m := KEY_LINE.match(line))]
+
+
+def run_demo(*args: str) -> str:
+    out = StringIO()
+    call_command("idempotency_demo", *args, stdout=out, no_color=True)
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
+    output = run_demo()
+
+    seen = answers(output)
+    assert [(a.status, a.replayed) for a in seen] == [
+        (201, False),  # 1. first request: the view runs
+        (201, True),  # 2. same request: replayed
+        (422, False),  # 3. same key, other body
+        (409, False),  # 4. duplicate while the first runs
+        (201, False),  # 4. the first request's own answer
+        (201, True),  # 4. the duplicate's retry: replayed
+        (201, False),  # 5. short-lived key: first request
+        (201, True),  # 5. replayed before it expires
+        (201, False),  # 5. after expiry: runs again
+    ]
+    first, replay, mismatch, in_use, slow, slow_replay, short, short_replay, expired = seen
+    assert replay.body == first.body
+    assert replay.headers["Location"] == first.headers["Location"]
+    assert slow_replay.body == slow.body
+    assert short_replay.body == short.body
+    assert expired.body != short.body  # a new order, with a new id
+    assert mismatch.headers["Content-Type"] == "application/problem+json"
+    assert '"code": "idempotency_key_mismatch"' in mismatch.body
+    assert in_use.headers["Content-Type"] == "application/problem+json"
+    assert in_use.headers["Retry-After"] == "1"
+    assert '"code": "idempotency_key_in_use"' in in_use.body
+
+    # One count after each answer; the 409 comes before the first request's order.
+    assert order_deltas(output) == [1, 0, 0, 0, 1, 0, 1, 0, 1]
+    assert "1 expired key would be deleted (dry run)." in output
+    assert "Deleted 1 expired key in 1 batch." in output
+    assert output.rstrip().endswith("9 requests sent; the views ran 4 times and created 4 orders.")
+
+    assert sorted(Order.objects.values_list("item", flat=True)) == [
+        "coffee",
+        "croissant",
+        "croissant",
+        "espresso",
+    ]
+    # The purge removed the expired short-lived key; the two others remain.
+    assert IdempotencyKey.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_run_uses_its_own_keys() -> None:
+    first_run = run_demo("--skip-slow")
+    second_run = run_demo("--skip-slow")
+
+    for output in (first_run, second_run):
+        assert [(a.status, a.replayed) for a in answers(output)] == [
+            (201, False),
+            (201, True),
+            (422, False),
+        ]
+        assert order_deltas(output) == [1, 0, 0]
+        assert output.rstrip().endswith(
+            "3 requests sent; the views ran 1 time and created 1 order."
+        )
+    assert set(keys_sent(first_run)).isdisjoint(keys_sent(second_run))
+    assert Order.objects.count() == 2
+
+
+def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    # What a newcomer runs after `pip install -e .`: no database yet, no server.
+    database = tmp_path / "fresh.sqlite3"
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"IDEMPOTENCY_TEST_DB_NAME", "IDEMPOTENCY_DB_NAME_OVERRIDE"}
+    }
+    env.update(IDEMPOTENCY_TEST_DATABASE="sqlite", IDEMPOTENCY_SQLITE_NAME=str(database))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(MANAGE_PY), "idempotency_demo", "--skip-slow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert [a.status for a in answers(result.stdout)] == [201, 201, 422]
+    assert order_deltas(result.stdout) == [1, 0, 0]
+    assert database.exists()
