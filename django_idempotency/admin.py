@@ -19,7 +19,7 @@ BODY_PREVIEW_BYTES = 2048
 class IdempotencyKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("key", "scope", "state", "response_status", "created_at", "expires_at")
     list_filter = ("state", "response_status")
-    search_fields = ("=key", "=digest")
+    search_fields = ("=key", "^digest")  # a log id is a digest prefix
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     fields = (

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponseBase
@@ -42,7 +43,7 @@ DuplicateResponse = Callable[[HttpRequest, "StoredResponse"], HttpResponseBase]
 ErrorResponse = Callable[[HttpRequest, "IdempotencyError"], HttpResponseBase]
 
 
-class OptionError(ValueError):
+class OptionError(ImproperlyConfigured, ValueError):
     """An option has a value of the wrong type or out of range."""
 
 
@@ -82,10 +83,14 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _status_in(value: Any, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
 def _status(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+    if not _status_in(value, 100, 599):
         raise OptionError(f"expected an HTTP status code, got {value!r}")
-    return value
+    return int(value)
 
 
 def _optional_status(value: Any) -> int | None:
@@ -127,11 +132,11 @@ def _methods(value: Any) -> frozenset[str]:
 def _on_conflict(value: Any) -> int | Literal["wait"]:
     if value == "wait":
         return "wait"
-    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+    if not _status_in(value, 400, 599):
         raise OptionError(
             f"expected an HTTP error status (such as 409 or 423) or 'wait', got {value!r}"
         )
-    return value
+    return int(value)
 
 
 def _size(value: Any) -> int:
@@ -266,8 +271,15 @@ def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             parsed[name] = option.parse(value)
         except OptionError as exc:
             raise OptionError(f"idempotent({name}=...): {exc}") from None
-    if "ttl" in parsed and "lock_timeout" in parsed:
-        problem = lease_problem(parsed["ttl"], parsed["lock_timeout"])
+    if "ttl" in parsed or "lock_timeout" in parsed:
+        # Checked again when the view is used, since settings may change.
+        try:
+            defaults = global_options()
+        except OptionError:
+            defaults = {}  # reported by the system checks
+        ttl = parsed.get("ttl", defaults.get("ttl"))
+        lock_timeout = parsed.get("lock_timeout", defaults.get("lock_timeout"))
+        problem = lease_problem(ttl, lock_timeout) if ttl and lock_timeout else None
         if problem:
             raise OptionError(f"idempotent(): {problem}")
     return parsed

@@ -4,8 +4,8 @@
 and ``ahandle`` are the only code that talks to a store, one for sync views
 and one for async ones; both are thin drivers over :class:`Exchange`, which
 takes every decision (run, replay, refuse, wait, store or release) without
-doing any I/O of its own. The view decorator and the DRF mixin both adapt to
-this class.
+doing any I/O of its own. Adapters (such as the view decorator) wrap this
+class; none of them takes a decision of its own.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
 from django_idempotency import conf, signals
@@ -31,7 +33,12 @@ from django_idempotency.errors import (
     problem_response,
 )
 from django_idempotency.keys import get_key
-from django_idempotency.responses import StoredResponse, capture, render, replay
+from django_idempotency.responses import (
+    StoredResponse,
+    capture,
+    defer_until_rendered,
+    replay,
+)
 from django_idempotency.storage.base import Claim, RequestKey, StorageError
 
 logger = logging.getLogger("django_idempotency")
@@ -43,6 +50,12 @@ WAIT_LONGEST_DELAY = 0.5
 
 #: ``Retry-After`` of the in-use answer, in seconds.
 RETRY_AFTER = "1"
+
+#: The request attribute that holds the :class:`Exchange` whose claim the
+#: request owns. A protection nested inside another (a decorated view called
+#: from a decorated view) then lets the request through instead of answering
+#: it as a duplicate of itself.
+EXCHANGE_ATTRIBUTE = "idempotency_exchange"
 
 
 class Exchange:
@@ -63,6 +76,7 @@ class Exchange:
         a number of seconds to sleep before claiming again (``"wait"``)."""
         if claim.token is not None:
             self.token = claim.token
+            setattr(self.request, EXCHANGE_ATTRIBUTE, self)
             self._signal(signals.key_claimed, "claimed", logging.DEBUG)
             return None
         record = claim.record
@@ -117,11 +131,12 @@ class Exchange:
 
     # -- after the view --------------------------------------------------------
 
-    def outcome(self, response: HttpResponseBase) -> StoredResponse | None:
-        """What to store of the view's response, or None to release the key."""
-        if not self.policy.store_if(response):
-            return None
-        return capture(render(response), self.policy)
+    def keeps(self, response: HttpResponseBase) -> bool:
+        """Whether the view's response completes the key (else it is released)."""
+        return self.policy.store_if(response)
+
+    def stored(self, response: HttpResponseBase) -> StoredResponse:
+        return capture(response, self.policy)
 
     def completed(self, stored: bool) -> None:
         if stored:
@@ -163,9 +178,9 @@ def render_error(request: HttpRequest, policy: Policy, error: IdempotencyError) 
 
 def start(request: HttpRequest, policy: Policy) -> Exchange | HttpResponseBase | None:
     """Before any I/O: an :class:`Exchange` to protect, an error response, or
-    None when the request passes through unprotected (another method, or no
-    key where none is required)."""
-    if request.method not in policy.methods:
+    None when the request passes through unprotected (another method, no key
+    where none is required, or a request already protected further out)."""
+    if not protects(request, policy):
         return None
     try:
         key = get_key(request, policy)
@@ -178,6 +193,11 @@ def start(request: HttpRequest, policy: Policy) -> Exchange | HttpResponseBase |
     scope = policy.scope_func(request)
     fingerprint = policy.fingerprint_func(request)
     return Exchange(request, policy, RequestKey(scope=scope, key=key, fingerprint=fingerprint))
+
+
+def protects(request: HttpRequest, policy: Policy) -> bool:
+    """Whether ``policy`` applies to ``request`` at all; no I/O."""
+    return request.method in policy.methods and not hasattr(request, EXCHANGE_ATTRIBUTE)
 
 
 View = Callable[..., HttpResponseBase]
@@ -230,21 +250,23 @@ class Idempotency:
         except BaseException:
             self._release(exchange, token, "exception")
             raise
-        stored = exchange.outcome(response)
-        if stored is None:
+        if not exchange.keeps(response):
             self._release(exchange, token, f"status {response.status_code}")
-            return response
-        try:
-            exchange.completed(storage.complete(exchange.key, token, stored))
-        except StorageError as exc:
-            exchange.finish_failed(exc, "completion")
+        elif not defer_until_rendered(response, partial(self._complete, exchange, token)):
+            self._complete(exchange, token, response)
         return response
 
     async def ahandle(
         self, request: HttpRequest, view: AsyncView, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
-        """Run an async view under the protection; the mirror of :meth:`handle`."""
-        exchange = start(request, self.policy)
+        """Run an async view under the protection; the mirror of :meth:`handle`.
+
+        ``start`` runs in a thread: the default scope reads ``request.user``,
+        which may query the session and user tables."""
+        policy = self.policy
+        if not protects(request, policy):
+            return await view(request, *args, **kwargs)
+        exchange = await sync_to_async(start)(request, policy)
         if not isinstance(exchange, Exchange):
             return exchange if exchange is not None else await view(request, *args, **kwargs)
         storage = exchange.policy.storage
@@ -268,15 +290,33 @@ class Idempotency:
         except BaseException:
             await self._arelease(exchange, token, "exception")
             raise
-        stored = exchange.outcome(response)
-        if stored is None:
+        if not exchange.keeps(response):
             await self._arelease(exchange, token, f"status {response.status_code}")
-            return response
+        elif not defer_until_rendered(response, partial(self._complete, exchange, token)):
+            await self._acomplete(exchange, token, response)
+        return response
+
+    @staticmethod
+    def _complete(exchange: Exchange, token: str, response: HttpResponseBase) -> None:
         try:
-            exchange.completed(await storage.acomplete(exchange.key, token, stored))
+            done = exchange.policy.storage.complete(
+                exchange.key, token, exchange.stored(response)
+            )
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
-        return response
+        else:
+            exchange.completed(done)
+
+    @staticmethod
+    async def _acomplete(exchange: Exchange, token: str, response: HttpResponseBase) -> None:
+        try:
+            done = await exchange.policy.storage.acomplete(
+                exchange.key, token, exchange.stored(response)
+            )
+        except StorageError as exc:
+            exchange.finish_failed(exc, "completion")
+        else:
+            exchange.completed(done)
 
     @staticmethod
     def _release(exchange: Exchange, token: str, reason: str) -> None:

@@ -42,7 +42,7 @@ class IdempotencyError(Exception):
         """The RFC 9457 problem document for this error."""
         return {
             "type": "about:blank",
-            "title": HTTPStatus(self.status).phrase,
+            "title": _title(self.status),
             "status": self.status,
             "detail": self.detail,
             "code": self.code,
@@ -87,6 +87,13 @@ class StorageUnavailable(IdempotencyError):
     code = "idempotency_storage_unavailable"
     status = 503
     default_detail = "Idempotency keys cannot be checked right now. Retry later."
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status Python does not name, such as 499
+        return "Client Error" if status < 500 else "Server Error"
 
 
 def problem_response(request: HttpRequest, error: IdempotencyError) -> HttpResponse:

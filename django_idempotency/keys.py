@@ -14,6 +14,9 @@ from django_idempotency.errors import KeyInvalid
 #: before any parsing.
 MAX_RAW_LENGTH = 1024
 
+#: The longest key stored, whatever ``key_pattern`` allows.
+MAX_KEY_LENGTH = 255
+
 # An RFC 8941 sf-string: printable ASCII between double quotes, where only
 # ``\"`` and ``\\`` are escapes.
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
@@ -54,6 +57,8 @@ def get_key(request: HttpRequest, policy: Policy) -> str | None:
         if raw is None:
             return None
         key = parse_header_value(raw)
+    if len(key) > MAX_KEY_LENGTH:
+        raise KeyInvalid(f"The idempotency key is longer than {MAX_KEY_LENGTH} characters.")
     if policy.key_pattern.fullmatch(key) is None:
         raise KeyInvalid("The idempotency key does not have the expected format.")
     return key

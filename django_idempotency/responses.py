@@ -32,12 +32,19 @@ def store_if_not_server_error(response: HttpResponseBase) -> bool:
     return response.status_code < 500
 
 
-def render(response: HttpResponseBase) -> HttpResponseBase:
-    """Render a not yet rendered ``TemplateResponse`` so its body can be stored."""
-    render_method: Callable[[], object] | None = getattr(response, "render", None)
-    if render_method is not None and not getattr(response, "is_rendered", True):
-        render_method()
-    return response
+def defer_until_rendered(
+    response: HttpResponseBase, callback: Callable[[HttpResponseBase], None]
+) -> bool:
+    """Run ``callback`` once a ``TemplateResponse`` is rendered; False if
+    ``response`` has its content already.
+
+    Django renders template responses after the view, once template response
+    middleware had its say; the stored body must be the rendered one.
+    """
+    if getattr(response, "is_rendered", True):
+        return False
+    response.add_post_render_callback(callback)  # type: ignore[attr-defined]
+    return True
 
 
 def capture(response: HttpResponseBase, policy: Policy) -> StoredResponse:
