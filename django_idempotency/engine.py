@@ -252,7 +252,11 @@ class Idempotency:
             raise
         if not exchange.keeps(response):
             self._release(exchange, token, f"status {response.status_code}")
-        elif not defer_until_rendered(response, partial(self._complete, exchange, token)):
+        elif not defer_until_rendered(
+            response,
+            partial(self._complete, exchange, token),
+            partial(self._release, exchange, token, "template rendering failed"),
+        ):
             self._complete(exchange, token, response)
         return response
 
@@ -292,16 +296,18 @@ class Idempotency:
             raise
         if not exchange.keeps(response):
             await self._arelease(exchange, token, f"status {response.status_code}")
-        elif not defer_until_rendered(response, partial(self._complete, exchange, token)):
+        elif not defer_until_rendered(
+            response,
+            partial(self._complete, exchange, token),
+            partial(self._release, exchange, token, "template rendering failed"),
+        ):
             await self._acomplete(exchange, token, response)
         return response
 
     @staticmethod
     def _complete(exchange: Exchange, token: str, response: HttpResponseBase) -> None:
         try:
-            done = exchange.policy.storage.complete(
-                exchange.key, token, exchange.stored(response)
-            )
+            done = exchange.policy.storage.complete(exchange.key, token, exchange.stored(response))
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
         else:

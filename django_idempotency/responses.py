@@ -33,17 +33,30 @@ def store_if_not_server_error(response: HttpResponseBase) -> bool:
 
 
 def defer_until_rendered(
-    response: HttpResponseBase, callback: Callable[[HttpResponseBase], None]
+    response: HttpResponseBase,
+    on_rendered: Callable[[HttpResponseBase], None],
+    on_failed: Callable[[], None],
 ) -> bool:
-    """Run ``callback`` once a ``TemplateResponse`` is rendered; False if
-    ``response`` has its content already.
+    """Call ``on_rendered`` once a ``TemplateResponse`` is rendered, or
+    ``on_failed`` if rendering raises; False if ``response`` has its content
+    already.
 
     Django renders template responses after the view, once template response
     middleware had its say; the stored body must be the rendered one.
     """
     if getattr(response, "is_rendered", True):
         return False
-    response.add_post_render_callback(callback)  # type: ignore[attr-defined]
+    render: Callable[[], HttpResponseBase] = response.render  # type: ignore[attr-defined]
+
+    def render_or_fail() -> HttpResponseBase:
+        try:
+            return render()
+        except BaseException:
+            on_failed()
+            raise
+
+    response.render = render_or_fail  # type: ignore[attr-defined]
+    response.add_post_render_callback(on_rendered)  # type: ignore[attr-defined]
     return True
 
 
