@@ -1,0 +1,326 @@
+"""System checks of the ``IDEMPOTENCY`` setting and of the configured store."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.checks import CheckMessage, Error, Tags, run_checks
+from django.core.checks import Warning as CheckWarning
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connections
+
+from django_idempotency import checks
+from django_idempotency.storage import DatabaseStorage
+
+
+def _ids(messages: list[CheckMessage]) -> list[str]:
+    return [message.id for message in messages if message.id]
+
+
+def _ours(messages: list[CheckMessage]) -> list[CheckMessage]:
+    return [m for m in messages if (m.id or "").startswith("django_idempotency.")]
+
+
+def _run_checks() -> list[CheckMessage]:
+    return _ours(run_checks(tags=[Tags.compatibility]))
+
+
+@pytest.fixture
+def atomic_alias() -> Iterator[str]:
+    """A second alias for the default database with ATOMIC_REQUESTS on.
+
+    It is added to (and removed from) the DATABASES dict in place, as
+    overriding DATABASES is not supported; no connection is ever opened on it.
+    """
+    alias = "idempotency_atomic"
+    databases = connections.settings
+    databases[alias] = {**copy.deepcopy(databases["default"]), "ATOMIC_REQUESTS": True}
+    try:
+        yield alias
+    finally:
+        del databases[alias]
+
+
+# -- valid configurations ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"TTL": 3600, "LOCK_TIMEOUT": 10},
+        {
+            "STORAGE": "django_idempotency.storage.DatabaseStorage",
+            "STORAGE_OPTIONS": {"DATABASE": "default"},
+            "HEADER": "X-Idempotency-Key",
+            "METHODS": ["POST", "put"],
+            "ON_CONFLICT": "wait",
+            "REPLAY_STATUS": 409,
+            "FAIL_OPEN": True,
+        },
+    ],
+)
+def test_a_valid_configuration_gives_no_messages(settings: Any, value: dict[str, Any]) -> None:
+    settings.IDEMPOTENCY = value
+
+    assert checks.check_settings() == []
+    assert _run_checks() == []
+    call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_no_setting_at_all_gives_no_messages(settings: Any) -> None:
+    del settings.IDEMPOTENCY
+
+    assert checks.check_settings() == []
+
+
+# -- E001 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [["TTL", 60], "TTL=60", 60])
+def test_e001_not_a_dict(settings: Any, value: Any) -> None:
+    settings.IDEMPOTENCY = value
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E001"]
+    assert isinstance(messages[0], Error)
+    assert messages[0].hint
+
+
+def test_e001_through_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = ["TTL", 60]
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E001"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+# -- E002 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("TTLL", "TTL"), ("ttl", "TTL"), ("LOCK_TIMOUT", "LOCK_TIMEOUT"), ("HEADERS", "HEADER")],
+)
+def test_e002_unknown_key_with_a_suggestion(settings: Any, name: str, suggestion: str) -> None:
+    settings.IDEMPOTENCY = {name: 60}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E002"]
+    assert repr(name) in messages[0].msg
+    assert messages[0].hint == f"Did you mean {suggestion!r}?"
+
+
+def test_e002_unknown_key_without_a_close_match_lists_the_known_keys(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"COLOUR": "blue"}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E002"]
+    assert messages[0].hint is not None
+    assert "Known keys:" in messages[0].hint
+    assert "TTL" in messages[0].hint
+
+
+def test_e002_through_run_checks_and_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTLL": 60}
+
+    assert _ids(_run_checks()) == ["django_idempotency.E002"]
+    with pytest.raises(SystemCheckError, match="Did you mean 'TTL'"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+# -- E003 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TTL", "1 day"),
+        ("TTL", 0),
+        ("TTL", -5),
+        ("LOCK_TIMEOUT", True),
+        ("ON_CONFLICT", 200),
+        ("ON_CONFLICT", "later"),
+        ("METHODS", "POST"),
+        ("METHODS", ["POST", ""]),
+        ("HEADER", "bad header"),
+        ("HEADER", ""),
+        ("KEY_PATTERN", "[unclosed"),
+        ("KEY_FUNC", "no_such_module.key"),
+        ("REQUIRED", "yes"),
+        ("REPLAY_STATUS", 700),
+        ("MAX_BODY_SIZE", -1),
+        ("STORAGE_OPTIONS", ["DATABASE", "default"]),
+    ],
+)
+def test_e003_bad_values(settings: Any, name: str, value: Any) -> None:
+    settings.IDEMPOTENCY = {name: value}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E003"]
+    assert f"[{name!r}]" in messages[0].msg
+
+
+def test_e003_reports_every_bad_value_at_once(settings: Any) -> None:
+    settings.IDEMPOTENCY = {
+        "TTL": "1 day",
+        "ON_CONFLICT": 200,
+        "METHODS": "POST",
+        "HEADER": "bad header",
+    }
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E003"] * 4
+    text = " ".join(message.msg for message in messages)
+    for name in ("TTL", "ON_CONFLICT", "METHODS", "HEADER"):
+        assert f"[{name!r}]" in text
+
+
+def test_e003_through_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTL": "1 day"}
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E003"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+# -- E004 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "no_such_module.Storage",
+        "django_idempotency.storage.NoSuchStorage",
+        "django.http.HttpResponse",  # importable, not a store
+        42,
+    ],
+)
+def test_e004_unimportable_or_wrong_storage(settings: Any, path: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE": path}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E004"]
+
+
+@pytest.mark.parametrize("options", [{"DATABSE": "default"}, {"DATABASE": "default", "X": 1}])
+def test_e004_storage_options_the_class_rejects(settings: Any, options: dict[str, Any]) -> None:
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": options}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E004"]
+    assert "could not be created" in messages[0].msg
+
+
+def test_e004_through_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE": "no_such_module.Storage"}
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E004"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+# -- E005 ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"TTL": 60, "LOCK_TIMEOUT": 60},
+        {"TTL": 60, "LOCK_TIMEOUT": 120},
+        {"TTL": 10},  # the default lock_timeout (30 s) is longer
+    ],
+)
+def test_e005_lock_timeout_not_below_ttl(settings: Any, value: dict[str, Any]) -> None:
+    settings.IDEMPOTENCY = value
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E005"]
+    assert messages[0].hint
+
+
+def test_e005_through_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTL": 60, "LOCK_TIMEOUT": 60}
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E005"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_lock_timeout_just_below_ttl_is_fine(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTL": 60, "LOCK_TIMEOUT": 59.5}
+
+    assert checks.check_settings() == []
+
+
+# -- E010 and W010: the database store -----------------------------------------------------
+
+
+def test_e010_unknown_database_alias(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": "no_such_alias"}}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.E010"]
+    assert "'no_such_alias'" in messages[0].msg
+
+
+def test_e010_from_the_store_itself() -> None:
+    assert _ids(DatabaseStorage(database="no_such_alias").check()) == ["django_idempotency.E010"]
+
+
+def test_e010_through_the_check_command(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": "no_such_alias"}}
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E010"):
+        call_command("check", stdout=StringIO(), stderr=StringIO())
+
+
+def test_w010_atomic_requests_on_the_stores_database(settings: Any, atomic_alias: str) -> None:
+    messages = DatabaseStorage(database=atomic_alias).check()
+
+    assert _ids(messages) == ["django_idempotency.W010"]
+    assert isinstance(messages[0], CheckWarning)
+    assert repr(atomic_alias) in messages[0].msg
+
+
+def test_w010_through_run_checks(settings: Any, atomic_alias: str) -> None:
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": atomic_alias}}
+
+    assert _ids(checks.check_settings()) == ["django_idempotency.W010"]
+    assert _ids(_run_checks()) == ["django_idempotency.W010"]
+
+
+def test_w010_is_a_warning_the_check_command_prints(settings: Any, atomic_alias: str) -> None:
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": atomic_alias}}
+    out, err = StringIO(), StringIO()
+
+    call_command("check", stdout=out, stderr=err)
+
+    assert "django_idempotency.W010" in out.getvalue() + err.getvalue()
+
+
+def test_no_w010_on_an_alias_without_atomic_requests(atomic_alias: str) -> None:
+    assert connections.settings["default"].get("ATOMIC_REQUESTS") is False
+    assert DatabaseStorage(database="default").check() == []
+
+
+def test_a_storage_instance_in_the_settings_is_checked(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE": DatabaseStorage(database="no_such_alias")}
+
+    assert _ids(checks.check_settings()) == ["django_idempotency.E010"]
+
+
+def test_the_check_is_registered_with_django() -> None:
+    from django.core.checks.registry import registry
+
+    assert checks.check_settings in registry.get_checks()

@@ -1,0 +1,71 @@
+"""The migrations: in step with the models, and shipped with the package."""
+
+from __future__ import annotations
+
+import importlib
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+
+import django_idempotency
+from django_idempotency.models import IdempotencyKey
+
+
+@pytest.mark.django_db
+def test_makemigrations_finds_no_changes() -> None:
+    out = StringIO()
+
+    # Exits with status 1 (SystemExit) if the models and migrations differ.
+    call_command(
+        "makemigrations", "django_idempotency", "--check", "--dry-run", stdout=out, stderr=out
+    )
+
+    assert "No changes detected" in out.getvalue()
+
+
+def test_the_migrations_package_is_shipped_with_the_code() -> None:
+    migrations = importlib.import_module("django_idempotency.migrations")
+
+    # A regular package (a namespace package, with no __init__.py, has no
+    # __file__), next to the code that is imported: an installed wheel's.
+    assert migrations.__file__ is not None
+    package_dir = Path(django_idempotency.__file__).parent
+    assert Path(migrations.__file__).parent == package_dir / "migrations"
+    assert (package_dir / "migrations" / "0001_initial.py").is_file()
+
+
+def test_the_initial_migration_is_importable() -> None:
+    initial = importlib.import_module("django_idempotency.migrations.0001_initial")
+
+    assert initial.Migration.initial is True
+    created = [op for op in initial.Migration.operations if op.describe().startswith("Create")]
+    assert [op.name for op in created] == ["IdempotencyKey"]
+
+
+def test_the_loader_finds_the_migrations_on_disk() -> None:
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+
+    assert "django_idempotency" in loader.migrated_apps
+    assert ("django_idempotency", "0001_initial") in loader.disk_migrations
+
+
+@pytest.mark.django_db
+def test_the_migrated_table_has_the_models_columns_and_the_unique_digest() -> None:
+    table = IdempotencyKey._meta.db_table
+    with connection.cursor() as cursor:
+        columns = {
+            column.name for column in connection.introspection.get_table_description(cursor, table)
+        }
+        constraints = connection.introspection.get_constraints(cursor, table)
+
+    assert columns == {field.column for field in IdempotencyKey._meta.concrete_fields}
+    assert any(info["unique"] and info["columns"] == ["digest"] for info in constraints.values()), (
+        constraints
+    )
+    assert any(
+        info["index"] and info["columns"] == ["expires_at"] for info in constraints.values()
+    ), constraints
