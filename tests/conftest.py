@@ -1,17 +1,21 @@
 """Shared fixtures: views served under a URLconf made per test, a database
-alias that is really down, and the database vendor under test."""
+alias that is really down, the database vendor under test, gates that hold a
+view's first run, and the closing of the connections async tests open."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connection, connections
 from django.urls import clear_url_caches, path
+from helpers import AsyncGate, Gate
 
 from django_idempotency import conf
 
@@ -90,3 +94,23 @@ def down_database(django_db_blocker: Any) -> Iterator[str]:
     if hasattr(connections._connections, alias):
         delattr(connections._connections, alias)
     del connections.settings[alias]
+
+
+@pytest.fixture
+def gate(request: pytest.FixtureRequest) -> Iterator[Gate | AsyncGate]:
+    """Holds the first run of a view until the test sets ``gate.release``: an
+    :class:`~helpers.AsyncGate` on the event loop for an async test, a
+    :class:`~helpers.Gate` in the view's thread otherwise. Released at the end
+    whatever happens, so no request is left waiting."""
+    held = AsyncGate() if inspect.iscoroutinefunction(request.function) else Gate()
+    yield held
+    held.release.set()
+
+
+@pytest.fixture
+async def close_orm_thread_connections() -> AsyncIterator[None]:
+    """Close, after an async test, the connections opened in asgiref's worker
+    thread, where async code reaches the ORM: they outlive the test otherwise
+    and would keep the test database from being dropped at the end of the run."""
+    yield
+    await sync_to_async(connections.close_all)()

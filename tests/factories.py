@@ -8,11 +8,13 @@ the test's clock can never disagree about which side of "now" they are on.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
 from django_idempotency.models import IdempotencyKey, State
@@ -24,6 +26,12 @@ MARGIN = timedelta(hours=1)
 
 def _digest(row: Any) -> str:
     return RequestKey(scope=row.scope, key=row.key, fingerprint=row.fingerprint).digest
+
+
+@functools.cache
+def _password_hash() -> str:
+    # Hashed once for every user: a hash takes the better part of a second.
+    return make_password("correct horse battery staple")
 
 
 def _ago(delta: timedelta) -> datetime:
@@ -42,7 +50,7 @@ class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
 
     username = factory.Sequence(lambda n: f"user{n}")
     email = factory.LazyAttribute(lambda user: f"{user.username}@example.com")
-    password = factory.django.Password("correct horse battery staple")
+    password = factory.LazyFunction(_password_hash)
 
     class Params:
         superuser = factory.Trait(is_staff=True, is_superuser=True)

@@ -7,83 +7,43 @@ the store are awaited, and concurrent duplicates are coroutines on one loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import factory
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AnonymousUser
-from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.test import AsyncClient, RequestFactory
-from django.urls import resolve
+from django.test import AsyncClient
 from django.utils.decorators import method_decorator
 from django.views import View
+from factories import UserFactory
+from helpers import (
+    KEY,
+    AsyncGate,
+    aanswering,
+    acounting,
+    acreate_order,
+    aorders,
+    asend,
+    create_order,
+    in_flight_claim,
+    problem,
+    replayed,
+)
 
 from demo.models import Order
 from django_idempotency import signals
 from django_idempotency.decorators import idempotent
-from django_idempotency.fingerprint import request_fingerprint
 from django_idempotency.models import IdempotencyKey
-from django_idempotency.scope import default_scope
 from django_idempotency.storage import DatabaseStorage, RequestKey
 
-if TYPE_CHECKING:
-    from django.test.client import _MonkeyPatchedASGIResponse as Response
-
 AsyncHandler = Callable[..., Any]
-
-ORDER = {"item": "flat white", "quantity": 1}
-KEY = "async-order-51d2"
 
 #: Async views reach the database from another thread: transactional tests.
 db = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture(autouse=True)
-async def _close_connections_of_the_orm_thread() -> AsyncIterator[None]:
-    # The ORM of async code runs in one worker thread; its connections outlive
-    # each test unless closed, and would keep the test database from being dropped.
-    yield
-    await sync_to_async(connections.close_all)()
-
-
-class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
-    class Meta:
-        model = "auth.User"
-
-    username = factory.Sequence(lambda n: f"async-customer{n}")
-
-
-def _data(request: HttpRequest) -> dict[str, Any]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-async def create_order(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-    data = _data(request)
-    order = await Order.objects.acreate(item=str(data.get("item", "coffee")))
-    response = JsonResponse({"id": order.pk, "item": order.item}, status=201)
-    response["Location"] = f"/orders/{order.pk}/"
-    response["ETag"] = f'"order-{order.pk}"'
-    return response
-
-
-def answering(*statuses: int) -> AsyncHandler:
-    remaining = list(statuses)
-
-    async def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        order = await Order.objects.acreate(item="tea")
-        status = remaining.pop(0) if remaining else 201
-        return JsonResponse({"id": order.pk}, status=status)
-
-    return view
+pytestmark = pytest.mark.usefixtures("close_orm_thread_connections")
 
 
 def as_class(handler: AsyncHandler, **options: Any) -> Callable[..., Any]:
@@ -115,80 +75,6 @@ def protect(request: pytest.FixtureRequest) -> Callable[..., Callable[..., Any]]
     return make
 
 
-async def send(
-    client: AsyncClient,
-    url: str,
-    data: Any = ORDER,
-    key: str | None = KEY,
-    *,
-    method: str = "post",
-) -> Response:
-    headers = {"Idempotency-Key": key} if key is not None else {}
-    if method == "get":
-        response: Response = await client.get(url, headers=headers)
-        return response
-    response = await getattr(client, method)(
-        url, json.dumps(data), content_type="application/json", headers=headers
-    )
-    return response
-
-
-def replayed(response: HttpResponseBase) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
-
-
-def problem(response: HttpResponseBase, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    document: dict[str, Any] = json.loads(response.content)
-    assert document["status"] == status
-    assert document["code"] == code
-    return document
-
-
-async def orders() -> int:
-    return await Order.objects.acount()
-
-
-class Gate:
-    """Holds the first run of an async view until released; later runs pass."""
-
-    def __init__(self) -> None:
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-        self.runs = 0
-
-    def __call__(self, handler: AsyncHandler) -> AsyncHandler:
-        async def gated(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
-            self.runs += 1
-            if self.runs == 1:
-                self.entered.set()
-                await asyncio.wait_for(self.release.wait(), 10)
-            response: HttpResponseBase = await handler(request, **kwargs)
-            return response
-
-        return gated
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    held = Gate()
-    yield held
-    held.release.set()
-
-
-def _in_flight_claim(url: str, key: str, lease: float) -> tuple[RequestKey, str]:
-    request = RequestFactory().post(url, json.dumps(ORDER), content_type="application/json")
-    request.resolver_match = resolve(url)
-    request.user = AnonymousUser()
-    request_key = RequestKey(
-        scope=default_scope(request), key=key, fingerprint=request_fingerprint(request)
-    )
-    claim = DatabaseStorage().claim(request_key, ttl=3600, lease=lease)
-    assert claim.token is not None
-    return request_key, claim.token
-
-
 # -- replays and refusals --------------------------------------------------------------------
 
 
@@ -196,10 +82,10 @@ def _in_flight_claim(url: str, key: str, lease: float) -> tuple[RequestKey, str]
 async def test_first_request_runs_and_retry_replays(
     async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any]
 ) -> None:
-    url = serve(protect(create_order))
+    url = serve(protect(acreate_order))
 
-    first = await send(async_client, url)
-    retry = await send(async_client, url)
+    first = await asend(async_client, url)
+    retry = await asend(async_client, url)
 
     assert first.status_code == 201
     assert "Idempotent-Replayed" not in first.headers
@@ -208,7 +94,7 @@ async def test_first_request_runs_and_retry_replays(
     for name in ("Content-Type", "Location", "ETag"):
         assert retry[name] == first[name]
     assert retry["Idempotent-Replayed"] == "true"
-    assert await orders() == 1
+    assert await aorders() == 1
     assert await IdempotencyKey.objects.acount() == 1
 
 
@@ -216,44 +102,39 @@ async def test_first_request_runs_and_retry_replays(
 async def test_mismatch_is_refused_without_running(
     async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any]
 ) -> None:
-    url = serve(protect(create_order))
-    await send(async_client, url)
+    url = serve(protect(acreate_order))
+    await asend(async_client, url)
 
-    response = await send(async_client, url, {"item": "mocha"})
+    response = await asend(async_client, url, {"item": "mocha"})
 
     problem(response, 422, "idempotency_key_mismatch")
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 @db
 async def test_sync_view_served_by_the_async_handler(
     async_client: AsyncClient, serve: Callable[..., str]
 ) -> None:
-    @idempotent
-    def sync_view(request: HttpRequest) -> HttpResponse:
-        order = Order.objects.create(item="sync")
-        return JsonResponse({"id": order.pk}, status=201)
+    url = serve(idempotent(create_order))
 
-    url = serve(sync_view)
-
-    first = await send(async_client, url)
-    retry = await send(async_client, url)
+    first = await asend(async_client, url)
+    retry = await asend(async_client, url)
 
     assert retry.content == first.content
     assert replayed(retry)
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 @db
 async def test_demo_async_endpoint_replays(async_client: AsyncClient) -> None:
-    first = await send(async_client, "/async/orders/")
-    retry = await send(async_client, "/async/orders/")
+    first = await asend(async_client, "/async/orders/")
+    retry = await asend(async_client, "/async/orders/")
 
     assert first.status_code == 201
     assert retry.content == first.content
     assert retry["Location"] == first["Location"]
     assert replayed(retry)
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 # -- concurrent duplicates on one event loop -------------------------------------------------
@@ -261,42 +142,48 @@ async def test_demo_async_endpoint_replays(async_client: AsyncClient) -> None:
 
 @db
 async def test_duplicate_in_flight_gets_409(
-    async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any], gate: Gate
+    async_client: AsyncClient,
+    serve: Callable[..., str],
+    protect: Callable[..., Any],
+    gate: AsyncGate,
 ) -> None:
-    url = serve(protect(gate(create_order)))
-    first = asyncio.create_task(send(async_client, url))
+    url = serve(protect(gate(acreate_order)))
+    first = asyncio.create_task(asend(async_client, url))
     await asyncio.wait_for(gate.entered.wait(), 10)
 
-    duplicate = await send(async_client, url)
+    duplicate = await asend(async_client, url)
 
     problem(duplicate, 409, "idempotency_key_in_use")
     assert duplicate["Retry-After"] == "1"
     assert gate.runs == 1
     gate.release.set()
     assert (await first).status_code == 201
-    assert await orders() == 1
+    assert await aorders() == 1
     assert gate.runs == 1
 
 
 @db
 async def test_duplicate_in_flight_gets_423_when_configured(
-    async_client: AsyncClient, serve: Callable[..., str], gate: Gate
+    async_client: AsyncClient, serve: Callable[..., str], gate: AsyncGate
 ) -> None:
-    url = serve(idempotent(on_conflict=423)(gate(create_order)))
-    first = asyncio.create_task(send(async_client, url))
+    url = serve(idempotent(on_conflict=423)(gate(acreate_order)))
+    first = asyncio.create_task(asend(async_client, url))
     await asyncio.wait_for(gate.entered.wait(), 10)
 
-    duplicate = await send(async_client, url)
+    duplicate = await asend(async_client, url)
 
     problem(duplicate, 423, "idempotency_key_in_use")
     gate.release.set()
     assert (await first).status_code == 201
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 @db
 async def test_wait_replays_the_first_response(
-    async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any], gate: Gate
+    async_client: AsyncClient,
+    serve: Callable[..., str],
+    protect: Callable[..., Any],
+    gate: AsyncGate,
 ) -> None:
     conflict = asyncio.Event()
 
@@ -305,10 +192,10 @@ async def test_wait_replays_the_first_response(
 
     signals.key_conflict.connect(on_conflict, weak=False)
     try:
-        url = serve(protect(gate(create_order), on_conflict="wait", wait_timeout=10))
-        first = asyncio.create_task(send(async_client, url))
+        url = serve(protect(gate(acreate_order), on_conflict="wait", wait_timeout=10))
+        first = asyncio.create_task(asend(async_client, url))
         await asyncio.wait_for(gate.entered.wait(), 10)
-        duplicate = asyncio.create_task(send(async_client, url))
+        duplicate = asyncio.create_task(asend(async_client, url))
         await asyncio.wait_for(conflict.wait(), 10)
 
         gate.release.set()
@@ -322,34 +209,34 @@ async def test_wait_replays_the_first_response(
     assert replayed(waited)
     assert not replayed(original)
     assert gate.runs == 1
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 @db
 async def test_wait_gives_up_after_wait_timeout(
-    async_client: AsyncClient, serve: Callable[..., str], gate: Gate
+    async_client: AsyncClient, serve: Callable[..., str], gate: AsyncGate
 ) -> None:
-    url = serve(idempotent(on_conflict="wait", wait_timeout=0.3)(gate(create_order)))
-    first = asyncio.create_task(send(async_client, url))
+    url = serve(idempotent(on_conflict="wait", wait_timeout=0.3)(gate(acreate_order)))
+    first = asyncio.create_task(asend(async_client, url))
     await asyncio.wait_for(gate.entered.wait(), 10)
 
-    duplicate = await send(async_client, url)
+    duplicate = await asend(async_client, url)
 
     problem(duplicate, 409, "idempotency_key_in_use")
     assert gate.runs == 1
     gate.release.set()
     assert (await first).status_code == 201
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 @db
 async def test_waiting_does_not_block_the_event_loop(
-    async_client: AsyncClient, serve: Callable[..., str], gate: Gate
+    async_client: AsyncClient, serve: Callable[..., str], gate: AsyncGate
 ) -> None:
-    url = serve(idempotent(on_conflict="wait", wait_timeout=0.6)(gate(create_order)))
-    first = asyncio.create_task(send(async_client, url))
+    url = serve(idempotent(on_conflict="wait", wait_timeout=0.6)(gate(acreate_order)))
+    first = asyncio.create_task(asend(async_client, url))
     await asyncio.wait_for(gate.entered.wait(), 10)
-    duplicate = asyncio.create_task(send(async_client, url))
+    duplicate = asyncio.create_task(asend(async_client, url))
     ticks = 0
     while not duplicate.done():
         await asyncio.sleep(0.01)
@@ -375,13 +262,13 @@ async def test_exception_releases_the_key_and_propagates(
         runs.append(1)
         if len(runs) == 1:
             raise TimeoutError("wallet did not answer")
-        return await create_order(request)
+        return await acreate_order(request)
 
     url = serve(protect(flaky))
 
     with pytest.raises(TimeoutError, match="wallet did not answer"):
-        await send(async_client, url)
-    retry = await send(async_client, url)
+        await asend(async_client, url)
+    retry = await asend(async_client, url)
 
     assert retry.status_code == 201
     assert not replayed(retry)
@@ -392,29 +279,29 @@ async def test_exception_releases_the_key_and_propagates(
 async def test_server_error_is_released_and_client_error_stored(
     async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any]
 ) -> None:
-    url = serve(protect(answering(500, 404)))
+    url = serve(protect(aanswering(500, 404)))
 
-    assert (await send(async_client, url)).status_code == 500
-    assert (await send(async_client, url)).status_code == 404
-    retry = await send(async_client, url)
+    assert (await asend(async_client, url)).status_code == 500
+    assert (await asend(async_client, url)).status_code == 404
+    retry = await asend(async_client, url)
 
     assert retry.status_code == 404
     assert replayed(retry)
-    assert await orders() == 2
+    assert await aorders() == 2
 
 
 @db
 async def test_store_if(async_client: AsyncClient, serve: Callable[..., str]) -> None:
-    url = serve(idempotent(store_if=lambda r: r.status_code == 200)(answering(201, 200)))
+    url = serve(idempotent(store_if=lambda r: r.status_code == 200)(aanswering(201, 200)))
 
-    await send(async_client, url)
-    second = await send(async_client, url)
-    third = await send(async_client, url)
+    await asend(async_client, url)
+    second = await asend(async_client, url)
+    third = await asend(async_client, url)
 
     assert not replayed(second)
     assert replayed(third)
     assert third.status_code == 200
-    assert await orders() == 2
+    assert await aorders() == 2
 
 
 # -- what passes through ---------------------------------------------------------------------
@@ -424,14 +311,14 @@ async def test_store_if(async_client: AsyncClient, serve: Callable[..., str]) ->
 async def test_get_and_keyless_requests_pass_through(
     async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any]
 ) -> None:
-    url = serve(protect(create_order))
+    url = serve(protect(acreate_order))
 
-    await send(async_client, url, method="get")
-    await send(async_client, url, method="get")
-    await send(async_client, url, key=None)
-    await send(async_client, url, key=None)
+    await asend(async_client, url, method="get")
+    await asend(async_client, url, method="get")
+    await asend(async_client, url, key=None)
+    await asend(async_client, url, key=None)
 
-    assert await orders() == 4
+    assert await aorders() == 4
     assert await IdempotencyKey.objects.acount() == 0
 
 
@@ -439,19 +326,19 @@ async def test_get_and_keyless_requests_pass_through(
 async def test_required_key(
     async_client: AsyncClient, serve: Callable[..., str], protect: Callable[..., Any]
 ) -> None:
-    url = serve(protect(create_order, required=True))
+    url = serve(protect(acreate_order, required=True))
 
-    problem(await send(async_client, url, key=None), 400, "idempotency_key_missing")
-    assert (await send(async_client, url)).status_code == 201
-    assert await orders() == 1
+    problem(await asend(async_client, url, key=None), 400, "idempotency_key_missing")
+    assert (await asend(async_client, url)).status_code == 201
+    assert await aorders() == 1
 
 
 @db
 async def test_invalid_key(async_client: AsyncClient, serve: Callable[..., str]) -> None:
-    url = serve(idempotent(create_order))
+    url = serve(idempotent(acreate_order))
 
-    problem(await send(async_client, url, key="a, b"), 400, "idempotency_key_invalid")
-    assert await orders() == 0
+    problem(await asend(async_client, url, key="a, b"), 400, "idempotency_key_invalid")
+    assert await aorders() == 0
 
 
 # -- expiry and abandoned claims -------------------------------------------------------------
@@ -461,34 +348,34 @@ async def test_invalid_key(async_client: AsyncClient, serve: Callable[..., str])
 async def test_after_ttl_the_view_runs_again(
     async_client: AsyncClient, serve: Callable[..., str]
 ) -> None:
-    url = serve(idempotent(ttl=1, lock_timeout=0.5)(create_order))
-    await send(async_client, url)
-    assert replayed(await send(async_client, url))
+    url = serve(idempotent(ttl=1, lock_timeout=0.5)(acreate_order))
+    await asend(async_client, url)
+    assert replayed(await asend(async_client, url))
 
     await asyncio.sleep(1.2)
-    again = await send(async_client, url)
+    again = await asend(async_client, url)
 
     assert not replayed(again)
-    assert await orders() == 2
+    assert await aorders() == 2
 
 
 @db
 async def test_dead_workers_claim_is_taken_over_after_its_lease(
     async_client: AsyncClient, serve: Callable[..., str]
 ) -> None:
-    url = serve(idempotent(create_order))
-    request_key, token = await sync_to_async(_in_flight_claim)(url, KEY, 1.0)
-    assert (await send(async_client, url)).status_code == 409
+    url = serve(idempotent(acreate_order))
+    request_key, token = await sync_to_async(in_flight_claim)(url, lease=1.0)
+    assert (await asend(async_client, url)).status_code == 409
 
     await asyncio.sleep(1.2)
-    takeover = await send(async_client, url)
+    takeover = await asend(async_client, url)
 
     assert takeover.status_code == 201
     assert not await DatabaseStorage().arelease(request_key, token)
-    retry = await send(async_client, url)
+    retry = await asend(async_client, url)
     assert replayed(retry)
     assert retry.content == takeover.content
-    assert await orders() == 1
+    assert await aorders() == 1
 
 
 # -- scope -----------------------------------------------------------------------------------
@@ -508,18 +395,18 @@ async def test_same_key_from_two_users_never_meets(
     await alice.aforce_login(await sync_to_async(UserFactory)(username="alice"))
     await bob.aforce_login(await sync_to_async(UserFactory)(username="bob"))
 
-    for_alice = await send(alice, url)
-    for_bob = await send(bob, url)
+    for_alice = await asend(alice, url)
+    for_bob = await asend(bob, url)
 
     assert for_alice.status_code == 201
     assert for_alice.json()["user"] == "alice"
     assert for_bob.status_code == 201
     assert for_bob.json()["user"] == "bob"
     assert not replayed(for_bob)
-    retry = await send(alice, url)
+    retry = await asend(alice, url)
     assert replayed(retry)
     assert retry.content == for_alice.content
-    assert await orders() == 2
+    assert await aorders() == 2
 
 
 # -- signals and the store being down --------------------------------------------------------
@@ -548,11 +435,11 @@ async def test_signals_fire_once_each(async_client: AsyncClient, serve: Callable
     for signal, receiver in receivers.items():
         signal.connect(receiver, weak=False)
     try:
-        url = serve(idempotent(answering(503)))
-        await send(async_client, url)
-        await send(async_client, url)
-        await send(async_client, url)
-        await send(async_client, url, {"other": True})
+        url = serve(idempotent(aanswering(503)))
+        await asend(async_client, url)
+        await asend(async_client, url)
+        await asend(async_client, url)
+        await asend(async_client, url, {"other": True})
     finally:
         for signal, receiver in receivers.items():
             signal.disconnect(receiver)
@@ -567,14 +454,6 @@ async def test_signals_fire_once_each(async_client: AsyncClient, serve: Callable
     ]
 
 
-def _down_view(runs: list[int]) -> Callable[..., Any]:
-    async def view(request: HttpRequest) -> HttpResponse:
-        runs.append(1)
-        return HttpResponse("charged", status=201)
-
-    return view
-
-
 async def test_store_down_fails_closed(
     async_client: AsyncClient,
     serve: Callable[..., str],
@@ -582,10 +461,10 @@ async def test_store_down_fails_closed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs: list[int] = []
-    url = serve(idempotent(storage=DatabaseStorage(database=down_database))(_down_view(runs)))
+    url = serve(idempotent(storage=DatabaseStorage(database=down_database))(acounting(runs)))
 
     with caplog.at_level(logging.WARNING, logger="django_idempotency"):
-        response = await send(async_client, url)
+        response = await asend(async_client, url)
 
     problem(response, 503, "idempotency_storage_unavailable")
     assert response["Retry-After"] == "1"
@@ -601,11 +480,11 @@ async def test_store_down_fails_open_when_configured(
 ) -> None:
     runs: list[int] = []
     storage = DatabaseStorage(database=down_database)
-    url = serve(idempotent(storage=storage, fail_open=True)(_down_view(runs)))
+    url = serve(idempotent(storage=storage, fail_open=True)(acounting(runs)))
 
     with caplog.at_level(logging.WARNING, logger="django_idempotency"):
-        first = await send(async_client, url)
-        second = await send(async_client, url)
+        first = await asend(async_client, url)
+        second = await asend(async_client, url)
 
     assert first.status_code == second.status_code == 201
     assert not replayed(second)

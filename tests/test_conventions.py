@@ -10,48 +10,38 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import factory
+import helpers
 import pytest
-from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.test import Client, RequestFactory
-from django.urls import resolve
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import Client
+from factories import UserFactory
+from helpers import (
+    UUID_PATTERN,
+    external_reference,
+    in_flight_claim,
+    only_http_200,
+    order_data,
+    orders,
+    problem,
+    replayed,
+)
 
 from demo.models import Order
 from django_idempotency import scope
 from django_idempotency.decorators import idempotent
 from django_idempotency.errors import IdempotencyError, KeyMismatch, problem_response
-from django_idempotency.fingerprint import request_fingerprint
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.responses import StoredResponse
-from django_idempotency.storage import DatabaseStorage, RequestKey
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
-
-UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
-    class Meta:
-        model = "auth.User"
-
-    username = factory.Sequence(lambda n: f"operator{n}")
-
-
-def _data(request: HttpRequest) -> dict[str, Any]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def operation(name: str, status: int = 200) -> Callable[..., HttpResponse]:
     """A wallet or booking endpoint: records an order per run."""
 
     def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        data = _data(request)
+        data = order_data(request)
         order = Order.objects.create(item=f"{name}:{data.get('amount', 0)}")
         response = JsonResponse(
             {"operation": name, "id": order.pk, "balance": 100 - order.pk}, status=status
@@ -63,56 +53,15 @@ def operation(name: str, status: int = 200) -> Callable[..., HttpResponse]:
     return view
 
 
-def send(
-    client: Client,
-    url: str,
-    data: Any,
-    *,
-    headers: dict[str, str] | None = None,
-    method: str = "post",
-) -> Response:
-    if method == "get":
-        response: Response = client.get(url, headers=headers or {})
-        return response
-    response = getattr(client, method)(
-        url, json.dumps(data), content_type="application/json", headers=headers or {}
-    )
-    return response
-
-
-def replayed(response: HttpResponseBase) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
-
-
-def problem(response: HttpResponseBase, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    document: dict[str, Any] = json.loads(response.content)
-    assert document["status"] == status
-    assert document["code"] == code
-    return document
-
-
-def orders() -> int:
-    return Order.objects.count()
+def send(client: Client, url: str, data: Any, **options: Any) -> Response:
+    """Send ``data`` with no key header but the ones in ``headers``: each
+    convention names its own."""
+    return helpers.send(client, url, data, None, **options)
 
 
 def retention() -> timedelta:
     row = IdempotencyKey.objects.get()
     return row.expires_at - row.created_at  # type: ignore[no-any-return]
-
-
-def claim_in_flight(url: str, data: Any, key: str, request_scope: str | None = None) -> None:
-    """A first request with ``key`` that is still running."""
-    request = RequestFactory().post(url, json.dumps(data), content_type="application/json")
-    request.resolver_match = resolve(url)
-    request.user = AnonymousUser()
-    request_key = RequestKey(
-        scope=request_scope if request_scope is not None else scope.default_scope(request),
-        key=key,
-        fingerprint=request_fingerprint(request),
-    )
-    assert DatabaseStorage().claim(request_key, ttl=3600, lease=3600).token is not None
 
 
 # -- the default: IETF draft-07 and Stripe ---------------------------------------------------
@@ -182,7 +131,7 @@ class TestDefaultConvention:
     def test_running_duplicate_gets_409_and_nothing_is_stored(
         self, client: Client, url: str
     ) -> None:
-        claim_in_flight(url, self.BODY, "ch-2")
+        in_flight_claim(url, self.BODY, "ch-2")
 
         response = send(client, url, self.BODY, headers={"Idempotency-Key": "ch-2"})
 
@@ -260,10 +209,6 @@ class TestDefaultConvention:
 
 
 # -- BetLink wallet --------------------------------------------------------------------------
-
-
-def only_http_200(response: HttpResponseBase) -> bool:
-    return response.status_code == 200
 
 
 @pytest.mark.django_db
@@ -379,10 +324,6 @@ class TestBetLinkWallet:
 
 
 # -- GPAS wallet -----------------------------------------------------------------------------
-
-
-def external_reference(request: HttpRequest) -> object:
-    return _data(request).get("externalReference")
 
 
 def already_transaction(request: HttpRequest, stored: StoredResponse) -> HttpResponse:
@@ -511,7 +452,7 @@ class TestXCover:
         assert orders() == 1
 
     def test_running_duplicate_gets_423(self, client: Client, url: str) -> None:
-        claim_in_flight(url, self.BOOKING, "bk-2", request_scope=scope.ANONYMOUS)
+        in_flight_claim(url, self.BOOKING, "bk-2", scope=scope.ANONYMOUS)
 
         response = send(client, url, self.BOOKING, headers={"x-idempotency-key": "bk-2"})
 

@@ -4,7 +4,6 @@ database alias and router, and its purge."""
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -14,20 +13,15 @@ from django.db.models import Model
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from factories import IdempotencyKeyFactory, create_expired_keys
+from helpers import LEASE, TTL, claim_token, new_key
 
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage import DatabaseStorage, PurgeResult, RequestKey, StorageError
 
-TTL = 3600.0
-LEASE = 30.0
 RESPONSE = StoredResponse(
     status=201, headers=(("Content-Type", "application/json"),), body=b'{"id": 1}'
 )
-
-
-def _key(fingerprint: str = "fp") -> RequestKey:
-    return RequestKey(scope="user:1|orders/", key=uuid.uuid4().hex, fingerprint=fingerprint)
 
 
 def _row(key: RequestKey) -> IdempotencyKey:
@@ -58,7 +52,7 @@ def test_claim_of_a_fresh_key_is_one_query() -> None:
     storage = DatabaseStorage()
 
     with CaptureQueriesContext(connection) as queries:
-        claim = storage.claim(_key(), ttl=TTL, lease=LEASE)
+        claim = storage.claim(new_key(), ttl=TTL, lease=LEASE)
 
     assert claim.claimed
     assert len(queries) == 1, [q["sql"] for q in queries]
@@ -68,9 +62,8 @@ def test_claim_of_a_fresh_key_is_one_query() -> None:
 @pytest.mark.django_db
 def test_complete_is_one_query() -> None:
     storage = DatabaseStorage()
-    key = _key()
-    token = storage.claim(key, ttl=TTL, lease=LEASE).token
-    assert token is not None
+    key = new_key()
+    token = claim_token(storage, key)
 
     with CaptureQueriesContext(connection) as queries:
         assert storage.complete(key, token, RESPONSE)
@@ -82,9 +75,8 @@ def test_complete_is_one_query() -> None:
 @pytest.mark.django_db
 def test_release_is_one_query() -> None:
     storage = DatabaseStorage()
-    key = _key()
-    token = storage.claim(key, ttl=TTL, lease=LEASE).token
-    assert token is not None
+    key = new_key()
+    token = claim_token(storage, key)
 
     with CaptureQueriesContext(connection) as queries:
         assert storage.release(key, token)
@@ -96,9 +88,8 @@ def test_release_is_one_query() -> None:
 @pytest.mark.django_db
 def test_a_replay_is_three_queries() -> None:
     storage = DatabaseStorage()
-    key = _key()
-    token = storage.claim(key, ttl=TTL, lease=LEASE).token
-    assert token is not None
+    key = new_key()
+    token = claim_token(storage, key)
     storage.complete(key, token, RESPONSE)
 
     with CaptureQueriesContext(connection) as queries:
@@ -114,8 +105,7 @@ def test_a_replay_is_three_queries() -> None:
 def test_the_row_written_by_a_claim_and_a_completion() -> None:
     storage = DatabaseStorage()
     key = RequestKey(scope="user:7|payments/", key="pay-1", fingerprint="f" * 64)
-    token = storage.claim(key, ttl=TTL, lease=LEASE).token
-    assert token is not None
+    token = claim_token(storage, key)
 
     row = _row(key)
     assert (row.scope, row.key, row.fingerprint) == ("user:7|payments/", "pay-1", "f" * 64)
@@ -140,7 +130,7 @@ def test_the_row_written_by_a_claim_and_a_completion() -> None:
 
 @pytest.mark.django_db
 def test_expiry_is_exactly_ttl_after_creation() -> None:
-    key = _key()
+    key = new_key()
 
     DatabaseStorage().claim(key, ttl=TTL, lease=LEASE)
 
@@ -150,7 +140,7 @@ def test_expiry_is_exactly_ttl_after_creation() -> None:
 
 @pytest.mark.django_db
 def test_the_lease_ends_exactly_lock_timeout_after_creation() -> None:
-    key = _key()
+    key = new_key()
 
     DatabaseStorage().claim(key, ttl=TTL, lease=2.5)
 
@@ -162,7 +152,7 @@ def test_the_lease_ends_exactly_lock_timeout_after_creation() -> None:
 @pytest.mark.django_db
 def test_a_take_over_restarts_the_times_from_the_database_clock() -> None:
     storage = DatabaseStorage()
-    key = _key()
+    key = new_key()
     storage.claim(key, ttl=TTL, lease=0.3)
     first = _row(key)
     time.sleep(0.5)
@@ -178,7 +168,7 @@ def test_a_take_over_restarts_the_times_from_the_database_clock() -> None:
 
 @pytest.mark.django_db
 def test_times_are_aware_and_near_now() -> None:
-    key = _key()
+    key = new_key()
 
     before = timezone.now()
     DatabaseStorage().claim(key, ttl=TTL, lease=LEASE)
@@ -196,7 +186,7 @@ def test_each_claim_reads_the_clock_anew_inside_a_transaction() -> None:
     # Inside a transaction, CURRENT_TIMESTAMP on PostgreSQL is the time the
     # transaction began; leases would be computed from a stale time.
     storage = DatabaseStorage()
-    first, second = _key(), _key()
+    first, second = new_key(), new_key()
     with transaction.atomic():
         storage.claim(first, ttl=TTL, lease=LEASE)
         time.sleep(0.3)
@@ -209,7 +199,7 @@ def test_each_claim_reads_the_clock_anew_inside_a_transaction() -> None:
 def test_times_come_from_the_database_clock_not_the_workers(db_vendor: str) -> None:
     if db_vendor != "mysql":
         pytest.skip("only MariaDB lets a session set its own clock (SET timestamp)")
-    key = _key()
+    key = new_key()
     with connection.cursor() as cursor:
         cursor.execute("SET timestamp = UNIX_TIMESTAMP('2001-02-03 04:05:06')")
         try:
@@ -228,11 +218,10 @@ def test_times_come_from_the_database_clock_not_the_workers(db_vendor: str) -> N
 @pytest.mark.django_db
 def test_explicit_default_alias() -> None:
     storage = DatabaseStorage(database="default")
-    key = _key()
+    key = new_key()
 
     assert storage.alias == "default"
-    token = storage.claim(key, ttl=TTL, lease=LEASE).token
-    assert token is not None
+    token = claim_token(storage, key)
     assert storage.complete(key, token, RESPONSE)
     assert IdempotencyKey.objects.using("default").filter(digest=key.digest).exists()
 
@@ -242,7 +231,7 @@ def test_explicit_alias_is_the_one_used(down_database: str) -> None:
 
     assert storage.alias == down_database
     with pytest.raises(StorageError):
-        storage.claim(_key(), ttl=TTL, lease=LEASE)
+        storage.claim(new_key(), ttl=TTL, lease=LEASE)
 
 
 def test_router_is_honoured_without_an_alias(settings: Any, down_database: str) -> None:
@@ -251,14 +240,14 @@ def test_router_is_honoured_without_an_alias(settings: Any, down_database: str) 
 
     assert storage.alias == down_database
     with pytest.raises(StorageError):
-        storage.claim(_key(), ttl=TTL, lease=LEASE)
+        storage.claim(new_key(), ttl=TTL, lease=LEASE)
 
 
 @pytest.mark.django_db
 def test_router_sending_keys_to_default(settings: Any) -> None:
     settings.DATABASE_ROUTERS = [IdempotencyRouter("default")]
     storage = DatabaseStorage()
-    key = _key()
+    key = new_key()
 
     assert storage.alias == "default"
     assert storage.claim(key, ttl=TTL, lease=LEASE).claimed
@@ -271,14 +260,14 @@ def test_explicit_alias_wins_over_the_router(settings: Any, down_database: str) 
     storage = DatabaseStorage(database="default")
 
     assert storage.alias == "default"
-    assert storage.claim(_key(), ttl=TTL, lease=LEASE).claimed
+    assert storage.claim(new_key(), ttl=TTL, lease=LEASE).claimed
 
 
 def test_every_method_raises_storage_error_when_the_database_is_down(
     down_database: str,
 ) -> None:
     storage = DatabaseStorage(database=down_database)
-    key = _key()
+    key = new_key()
 
     with pytest.raises(StorageError):
         storage.claim(key, ttl=TTL, lease=LEASE)
@@ -296,7 +285,7 @@ async def test_async_methods_raise_storage_error_when_the_database_is_down(
     down_database: str,
 ) -> None:
     storage = DatabaseStorage(database=down_database)
-    key = _key()
+    key = new_key()
 
     with pytest.raises(StorageError):
         await storage.aclaim(key, ttl=TTL, lease=LEASE)
@@ -393,9 +382,8 @@ def test_purge_of_nothing() -> None:
 @pytest.mark.django_db
 def test_purge_then_the_key_is_new_again() -> None:
     storage = DatabaseStorage()
-    key = _key()
-    token = storage.claim(key, ttl=0.5, lease=0.2).token
-    assert token is not None
+    key = new_key()
+    token = claim_token(storage, key, ttl=0.5, lease=0.2)
     storage.complete(key, token, RESPONSE)
     time.sleep(0.7)
 

@@ -8,7 +8,6 @@ database store; counting ``demo.models.Order`` rows shows whether a view ran.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -16,26 +15,33 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import factory
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AnonymousUser
 from django.db import connections
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.test import Client, RequestFactory
-from django.urls import resolve
+from django.test import Client
 from django.utils.decorators import method_decorator
-from django.utils.http import http_date
 from django.views import View
+from factories import UserFactory
+from helpers import (
+    KEY,
+    ORDER,
+    Gate,
+    answering,
+    create_order,
+    in_flight_claim,
+    orders,
+    problem,
+    replayed,
+    send,
+)
 
 from demo.models import Order
 from django_idempotency import signals
 from django_idempotency.decorators import idempotent
-from django_idempotency.fingerprint import request_fingerprint
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.responses import StoredResponse
-from django_idempotency.scope import default_scope
 from django_idempotency.storage import DatabaseStorage, RequestKey
 
 if TYPE_CHECKING:
@@ -43,54 +49,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., HttpResponseBase]
 
-ORDER = {"item": "espresso", "quantity": 2}
-KEY = "order-7f3c9b21"
-
-
-class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
-    class Meta:
-        model = "auth.User"
-
-    username = factory.Sequence(lambda n: f"customer{n}")
-
 
 # -- views -------------------------------------------------------------------------------
-
-
-def _data(request: HttpRequest) -> dict[str, Any]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def order_created(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-    """Create an order and answer like an API: 201 with representation headers."""
-    data = _data(request)
-    order = Order.objects.create(
-        item=str(data.get("item", "coffee")), quantity=int(data.get("quantity", 1))
-    )
-    response = JsonResponse({"id": order.pk, "item": order.item, "quantity": order.quantity})
-    response.status_code = 201
-    response["Location"] = f"/orders/{order.pk}/"
-    response["Content-Location"] = f"/orders/{order.pk}/"
-    response["ETag"] = f'"order-{order.pk}"'
-    response["Link"] = f'</orders/{order.pk}/receipt/>; rel="receipt"'
-    response["Last-Modified"] = http_date(1_700_000_000 + order.pk)
-    return response
-
-
-def answering(*statuses: int) -> Handler:
-    """A view that creates an order per run and answers the statuses in turn."""
-    remaining = list(statuses)
-
-    def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        order = Order.objects.create(item="tea")
-        status = remaining.pop(0) if remaining else 201
-        return JsonResponse({"id": order.pk, "status": status}, status=status)
-
-    return view
 
 
 def as_async(handler: Handler) -> Callable[..., Any]:
@@ -129,76 +89,7 @@ def protect(request: pytest.FixtureRequest) -> Callable[..., Callable[..., Any]]
 
 # -- requests ----------------------------------------------------------------------------
 
-
-def send(
-    client: Client,
-    url: str,
-    data: Any = ORDER,
-    key: str | None = KEY,
-    *,
-    method: str = "post",
-    headers: dict[str, str] | None = None,
-) -> Response:
-    all_headers = dict(headers or {})
-    if key is not None:
-        all_headers["Idempotency-Key"] = key
-    if method in ("get", "head"):
-        response: Response = getattr(client, method)(url, headers=all_headers)
-        return response
-    body = data if isinstance(data, bytes | str) else json.dumps(data)
-    response = getattr(client, method)(
-        url, body, content_type="application/json", headers=all_headers
-    )
-    return response
-
-
-def replayed(response: HttpResponseBase) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
-
-
-def problem(response: HttpResponseBase, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    document: dict[str, Any] = json.loads(response.content)
-    assert document["status"] == status
-    assert document["code"] == code
-    return document
-
-
-def orders() -> int:
-    return Order.objects.count()
-
-
 REPRESENTATION_HEADERS = ("Content-Type", "Location", "Content-Location", "ETag", "Link")
-
-
-class Gate:
-    """Wraps a handler so that its first run waits until released; later runs pass."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, handler: Handler) -> Handler:
-        def gated(request: HttpRequest, **kwargs: Any) -> HttpResponseBase:
-            with self._lock:
-                self.runs += 1
-                first = self.runs == 1
-            if first:
-                self.entered.set()
-                assert self.release.wait(10), "the test never released the first request"
-            return handler(request, **kwargs)
-
-        return gated
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    held = Gate()
-    yield held
-    held.release.set()
 
 
 class InBackground:
@@ -256,20 +147,6 @@ def listen() -> Iterator[Callable[[Signal], Listener]]:
         listener.signal.disconnect(listener)
 
 
-def in_flight_claim(url: str, data: Any, key: str, *, lease: float) -> tuple[RequestKey, str]:
-    """Claim ``key`` as an anonymous POST of ``data`` to ``url`` would, through the
-    store itself, as a worker that then dies without completing."""
-    request = RequestFactory().post(url, json.dumps(data), content_type="application/json")
-    request.resolver_match = resolve(url)
-    request.user = AnonymousUser()
-    request_key = RequestKey(
-        scope=default_scope(request), key=key, fingerprint=request_fingerprint(request)
-    )
-    claim = DatabaseStorage().claim(request_key, ttl=3600, lease=lease)
-    assert claim.token is not None
-    return request_key, claim.token
-
-
 # -- first request and replays -----------------------------------------------------------
 
 
@@ -278,7 +155,7 @@ class TestReplay:
     def test_first_request_runs_the_view_and_stores_its_response(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
 
         response = send(client, url)
 
@@ -295,7 +172,7 @@ class TestReplay:
     def test_retry_replays_status_body_and_representation_headers(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
         first = send(client, url)
 
         retry = send(client, url)
@@ -311,7 +188,7 @@ class TestReplay:
     def test_every_retry_replays_the_same_response(
         self, client: Client, serve: Callable[..., str]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
         first = send(client, url)
 
         retries = [send(client, url) for _ in range(3)]
@@ -323,7 +200,7 @@ class TestReplay:
     def test_different_keys_are_different_requests(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
 
         first = send(client, url, key="key-a")
         second = send(client, url, key="key-b")
@@ -338,7 +215,7 @@ class TestNested:
     def test_protected_view_calling_another_protected_view(
         self, client: Client, serve: Callable[..., str]
     ) -> None:
-        inner = idempotent(order_created)
+        inner = idempotent(create_order)
 
         @idempotent
         def outer(request: HttpRequest) -> HttpResponseBase:
@@ -362,7 +239,7 @@ class TestNested:
         class Orders(View):
             @method_decorator(idempotent(required=True))
             def post(self, request: HttpRequest) -> HttpResponseBase:
-                return order_created(request)
+                return create_order(request)
 
         url = serve(Orders.as_view())
 
@@ -404,7 +281,7 @@ class TestMismatch:
         first: tuple[str, str, Any],
         second: tuple[str, str, Any],
     ) -> None:
-        serve(protect(order_created), "orders/<int:pk>/")
+        serve(protect(create_order), "orders/<int:pk>/")
         method, url, data = first
         assert send(client, url, data, method=method).status_code == 201
 
@@ -419,7 +296,7 @@ class TestMismatch:
     def test_mismatch_does_not_spoil_the_key_for_the_original_request(
         self, client: Client, serve: Callable[..., str]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
         first = send(client, url)
         send(client, url, {"item": "something else"})
 
@@ -438,7 +315,7 @@ class TestInFlight:
     def test_duplicate_while_the_first_runs_gets_409_and_does_not_run(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any], gate: Gate
     ) -> None:
-        url = serve(protect(gate(order_created)))
+        url = serve(protect(gate(create_order)))
         first = InBackground(lambda c: send(c, url))
         assert gate.entered.wait(10)
 
@@ -456,7 +333,7 @@ class TestInFlight:
     def test_the_first_request_stores_its_response_after_a_conflict(
         self, client: Client, serve: Callable[..., str], gate: Gate
     ) -> None:
-        url = serve(idempotent(gate(order_created)))
+        url = serve(idempotent(gate(create_order)))
         first = InBackground(lambda c: send(c, url))
         assert gate.entered.wait(10)
         assert send(client, url).status_code == 409
@@ -472,7 +349,7 @@ class TestInFlight:
     def test_on_conflict_423_answers_locked(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any], gate: Gate
     ) -> None:
-        url = serve(protect(gate(order_created), on_conflict=423))
+        url = serve(protect(gate(create_order), on_conflict=423))
         first = InBackground(lambda c: send(c, url))
         assert gate.entered.wait(10)
 
@@ -492,7 +369,7 @@ class TestInFlight:
         listen: Callable[[Signal], Listener],
     ) -> None:
         conflict = listen(signals.key_conflict)
-        url = serve(protect(gate(order_created), on_conflict="wait", wait_timeout=10))
+        url = serve(protect(gate(create_order), on_conflict="wait", wait_timeout=10))
         first = InBackground(lambda c: send(c, url))
         assert gate.entered.wait(10)
         duplicate = InBackground(lambda c: send(c, url))
@@ -514,7 +391,7 @@ class TestInFlight:
     def test_on_conflict_wait_answers_409_when_wait_timeout_passes(
         self, client: Client, serve: Callable[..., str], gate: Gate
     ) -> None:
-        url = serve(idempotent(gate(order_created), on_conflict="wait", wait_timeout=0.3))
+        url = serve(idempotent(gate(create_order), on_conflict="wait", wait_timeout=0.3))
         first = InBackground(lambda c: send(c, url))
         assert gate.entered.wait(10)
 
@@ -581,7 +458,7 @@ class TestInFlight:
 
 @pytest.mark.django_db
 def test_after_ttl_the_key_is_new_again(client: Client, serve: Callable[..., str]) -> None:
-    url = serve(idempotent(order_created, ttl=1, lock_timeout=0.5))
+    url = serve(idempotent(create_order, ttl=1, lock_timeout=0.5))
     first = send(client, url)
     assert replayed(send(client, url))
 
@@ -599,7 +476,7 @@ def test_after_ttl_the_key_is_new_again(client: Client, serve: Callable[..., str
 def test_after_ttl_the_key_may_carry_another_request(
     client: Client, serve: Callable[..., str]
 ) -> None:
-    url = serve(idempotent(order_created, ttl=1, lock_timeout=0.5))
+    url = serve(idempotent(create_order, ttl=1, lock_timeout=0.5))
     send(client, url)
     assert send(client, url, {"item": "latte"}).status_code == 422
 
@@ -615,7 +492,7 @@ def test_after_ttl_the_key_may_carry_another_request(
 def test_claim_outliving_lock_timeout_is_taken_over_and_the_late_completion_refused(
     client: Client, serve: Callable[..., str], gate: Gate, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = serve(idempotent(gate(order_created), lock_timeout=1))
+    url = serve(idempotent(gate(create_order), lock_timeout=1))
     late = InBackground(lambda c: send(c, url))
     assert gate.entered.wait(10)
     assert send(client, url).status_code == 409
@@ -646,7 +523,7 @@ def test_claim_outliving_lock_timeout_is_taken_over_and_the_late_completion_refu
 def test_claim_of_a_dead_worker_is_taken_over_after_its_lease(
     client: Client, serve: Callable[..., str]
 ) -> None:
-    url = serve(idempotent(order_created))
+    url = serve(idempotent(create_order))
     request_key, dead_token = in_flight_claim(url, ORDER, KEY, lease=1)
     problem(send(client, url), 409, "idempotency_key_in_use")
     assert orders() == 0
@@ -670,7 +547,7 @@ def test_claim_of_a_dead_worker_is_taken_over_after_its_lease(
 def test_abandoned_claim_is_not_taken_over_by_another_request(
     client: Client, serve: Callable[..., str]
 ) -> None:
-    url = serve(idempotent(order_created))
+    url = serve(idempotent(create_order))
     in_flight_claim(url, ORDER, KEY, lease=0.5)
     time.sleep(0.7)
 
@@ -694,7 +571,7 @@ class TestOutcomes:
             runs.append(1)
             if len(runs) == 1:
                 raise ConnectionError("payment provider timed out")
-            return order_created(request)
+            return create_order(request)
 
         url = serve(protect(flaky))
 
@@ -759,7 +636,7 @@ class TestMethods:
     def test_safe_methods_pass_through_unprotected(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any], method: str
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
 
         first = send(client, url, method=method)
         second = send(client, url, method=method)
@@ -773,7 +650,7 @@ class TestMethods:
     def test_unsafe_methods_are_protected_by_default(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any], method: str
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
 
         send(client, url, method=method)
         retry = send(client, url, method=method)
@@ -784,7 +661,7 @@ class TestMethods:
     def test_methods_option_leaves_other_methods_unprotected(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created, methods=("POST",)))
+        url = serve(protect(create_order, methods=("POST",)))
 
         send(client, url, method="put")
         put_again = send(client, url, method="put")
@@ -801,7 +678,7 @@ class TestWithoutKey:
     def test_request_without_key_runs_unprotected_each_time(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created))
+        url = serve(protect(create_order))
 
         first = send(client, url, key=None)
         second = send(client, url, key=None)
@@ -814,7 +691,7 @@ class TestWithoutKey:
     def test_required_key_missing_is_refused(
         self, client: Client, serve: Callable[..., str], protect: Callable[..., Any]
     ) -> None:
-        url = serve(protect(order_created, required=True))
+        url = serve(protect(create_order, required=True))
 
         response = send(client, url, key=None)
 
@@ -936,8 +813,8 @@ class TestScope:
     def test_same_key_on_two_endpoints_never_meets(
         self, client: Client, serve: Callable[..., str]
     ) -> None:
-        payments = serve(idempotent(order_created), "payments/")
-        refunds = serve(idempotent(order_created), "refunds/")
+        payments = serve(idempotent(create_order), "payments/")
+        refunds = serve(idempotent(create_order), "refunds/")
 
         first = send(client, payments)
         second = send(client, refunds)
@@ -991,7 +868,7 @@ class TestSignals:
             dispatch_uid="d",
         )
         try:
-            url = serve(idempotent(order_created))
+            url = serve(idempotent(create_order))
             send(client, url)
         finally:
             signals.key_claimed.disconnect(dispatch_uid="c")
@@ -1006,7 +883,7 @@ class TestSignals:
     def test_replay_sends_replayed(
         self, client: Client, serve: Callable[..., str], sent: dict[str, Listener]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
         send(client, url)
         sent["key_claimed"].calls.clear()
         sent["key_completed"].calls.clear()
@@ -1019,7 +896,7 @@ class TestSignals:
     def test_mismatch_sends_mismatch(
         self, client: Client, serve: Callable[..., str], sent: dict[str, Listener]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
         send(client, url)
         sent["key_claimed"].calls.clear()
         sent["key_completed"].calls.clear()
@@ -1033,7 +910,7 @@ class TestSignals:
     def test_conflict_sends_conflict(
         self, client: Client, serve: Callable[..., str], sent: dict[str, Listener]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
         in_flight_claim(url, ORDER, KEY, lease=60)
 
         send(client, url)
@@ -1044,7 +921,7 @@ class TestSignals:
     def test_waiting_duplicate_sends_conflict_once(
         self, client: Client, serve: Callable[..., str], sent: dict[str, Listener]
     ) -> None:
-        url = serve(idempotent(order_created, on_conflict="wait", wait_timeout=0.5))
+        url = serve(idempotent(create_order, on_conflict="wait", wait_timeout=0.5))
         in_flight_claim(url, ORDER, KEY, lease=60)
 
         assert send(client, url).status_code == 409
@@ -1075,7 +952,7 @@ class TestSignals:
     def test_unprotected_requests_send_nothing(
         self, client: Client, serve: Callable[..., str], sent: dict[str, Listener]
     ) -> None:
-        url = serve(idempotent(order_created))
+        url = serve(idempotent(create_order))
 
         send(client, url, key=None)
         send(client, url, method="get")
@@ -1089,7 +966,7 @@ def test_logs_never_contain_the_key_but_its_log_id(
 ) -> None:
     secret = "sk-live-QX7dTz93LmPq"
     url = serve(idempotent(answering(503, 201)), "orders/")
-    busy = serve(idempotent(order_created), "busy/")
+    busy = serve(idempotent(create_order), "busy/")
     in_flight_claim(busy, ORDER, secret, lease=60)
     log_ids = {
         RequestKey(scope=f"anonymous|{route}", key=secret, fingerprint="").log_id

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.test import Client
 from django.urls import get_resolver
+from helpers import create_order, replayed, send
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +21,6 @@ from django_idempotency.errors import KeyInvalid
 from django_idempotency.keys import parse_header_value
 from django_idempotency.models import IdempotencyKey
 
-if TYPE_CHECKING:
-    from django.test.client import _MonkeyPatchedWSGIResponse as Response
-
 #: Printable ASCII: what the default key format allows.
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 VALID_KEYS = st.text(PRINTABLE, min_size=1, max_size=255)
@@ -31,25 +29,6 @@ VALID_KEYS = st.text(PRINTABLE, min_size=1, max_size=255)
 def quote(key: str) -> str:
     """``key`` as an RFC 8941 sf-string."""
     return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def create_order(request: HttpRequest) -> HttpResponse:
-    order = Order.objects.create(item="key test")
-    return JsonResponse({"id": order.pk}, status=201)
-
-
-def send(client: Client, url: str, raw_key: str) -> Response:
-    response: Response = client.post(
-        url,
-        json.dumps({"item": "x"}),
-        content_type="application/json",
-        headers={"Idempotency-Key": raw_key},
-    )
-    return response
-
-
-def replayed(response: HttpResponse) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
 
 
 def assert_invalid(response: HttpResponse) -> None:
@@ -168,9 +147,9 @@ class TestKeysThroughAView:
     def test_quoted_and_bare_forms_of_one_key_meet(
         self, client: Client, url: str, first: str, second: str
     ) -> None:
-        original = send(client, url, first)
+        original = send(client, url, key=first)
 
-        retry = send(client, url, second)
+        retry = send(client, url, key=second)
 
         assert original.status_code == 201
         assert replayed(retry)
@@ -178,7 +157,7 @@ class TestKeysThroughAView:
         assert Order.objects.count() == 1
 
     def test_stored_key_is_the_unquoted_key(self, client: Client, url: str) -> None:
-        send(client, url, '"a\\"b\\\\c"')
+        send(client, url, key='"a\\"b\\\\c"')
 
         assert IdempotencyKey.objects.get().key == 'a"b\\c'
 
@@ -204,7 +183,7 @@ class TestKeysThroughAView:
     def test_invalid_key_is_refused_and_the_view_does_not_run(
         self, client: Client, url: str, raw: str
     ) -> None:
-        response = send(client, url, raw)
+        response = send(client, url, key=raw)
 
         assert_invalid(response)
         assert Order.objects.count() == 0
@@ -214,9 +193,9 @@ class TestKeysThroughAView:
         "raw", ["k" * 255, quote("k" * 255), quote('"' * 255), quote("\\" * 255)]
     )
     def test_255_characters_are_valid(self, client: Client, url: str, raw: str) -> None:
-        first = send(client, url, raw)
+        first = send(client, url, key=raw)
 
-        retry = send(client, url, raw)
+        retry = send(client, url, key=raw)
 
         assert first.status_code == 201
         assert replayed(retry)
@@ -256,10 +235,10 @@ def test_quoted_key_replays_through_a_view(
     url = "/property/"
     if not any(str(pattern.pattern) == "property/" for pattern in get_resolver().url_patterns):
         serve(idempotent(create_order), "property/")
-    first = send(client, url, quote(key))
+    first = send(client, url, key=quote(key))
     assert first.status_code == 201
 
-    retry = send(client, url, quote(key))
+    retry = send(client, url, key=quote(key))
 
     assert replayed(retry)
     assert retry.content == first.content

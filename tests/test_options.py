@@ -14,14 +14,26 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-import factory
 import pytest
-from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.test import Client, RequestFactory, override_settings
-from django.urls import resolve
+from django.test import Client, override_settings
+from factories import UserFactory
+from helpers import (
+    KEY,
+    UUID_PATTERN,
+    answering,
+    counting,
+    create_order,
+    external_reference,
+    in_flight_claim,
+    only_http_200,
+    orders,
+    problem,
+    replayed,
+    send,
+)
 
 from demo.models import Order
 from django_idempotency import conf, scope, signals
@@ -35,68 +47,20 @@ from django_idempotency.errors import (
     ResponseNotStored,
     StorageUnavailable,
 )
-from django_idempotency.fingerprint import json_fingerprint, request_fingerprint
+from django_idempotency.fingerprint import json_fingerprint
 from django_idempotency.models import IdempotencyKey
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage import Claim, DatabaseStorage, RequestKey
 
-if TYPE_CHECKING:
-    from django.test.client import _MonkeyPatchedWSGIResponse as Response
-
-ORDER = {"item": "americano", "quantity": 1}
-KEY = "options-key-0001"
-UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 TXCLOUD_PATTERN = r"[A-Za-z0-9_-]{10,255}"
-
-
-class UserFactory(factory.django.DjangoModelFactory):  # type: ignore[misc]
-    class Meta:
-        model = "auth.User"
-
-    username = factory.Sequence(lambda n: f"partner{n}")
 
 
 # -- views and helpers referenced by dotted path ---------------------------------------------
 
 
-def _data(request: HttpRequest) -> dict[str, Any]:
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def create_order(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-    order = Order.objects.create(item=str(_data(request).get("item", "coffee")))
-    response = JsonResponse({"id": order.pk, "item": order.item}, status=201)
-    response["Location"] = f"/orders/{order.pk}/"
-    response["X-Request-Id"] = f"req-{order.pk}"
-    return response
-
-
-def answering(*statuses: int) -> Callable[..., HttpResponse]:
-    remaining = list(statuses)
-
-    def view(request: HttpRequest) -> HttpResponse:
-        order = Order.objects.create(item="tea")
-        return JsonResponse({"id": order.pk}, status=remaining.pop(0) if remaining else 201)
-
-    return view
-
-
-def external_reference(request: HttpRequest) -> object:
-    """GPAS: the transaction id in the JSON body is the key."""
-    return _data(request).get("externalReference")
-
-
 def api_key_scope(request: HttpRequest) -> str:
     """TXCloud: keys belong to an API key and an endpoint."""
     return f"{request.headers.get('X-Api-Key', '')}|{scope.endpoint(request)}"
-
-
-def only_ok(response: HttpResponseBase) -> bool:
-    return response.status_code == 200
 
 
 def constant_fingerprint(request: HttpRequest) -> str:
@@ -123,63 +87,6 @@ def dotted(name: str) -> str:
 @pytest.fixture(autouse=True)
 def _reset_counting_storage() -> None:
     CountingStorage.claims = []
-
-
-# -- requests --------------------------------------------------------------------------------
-
-
-def send(
-    client: Client,
-    url: str,
-    data: Any = ORDER,
-    key: str | None = KEY,
-    *,
-    method: str = "post",
-    headers: dict[str, str] | None = None,
-    key_header: str = "Idempotency-Key",
-) -> Response:
-    all_headers = dict(headers or {})
-    if key is not None:
-        all_headers[key_header] = key
-    if method == "get":
-        response: Response = client.get(url, headers=all_headers)
-        return response
-    body = data if isinstance(data, bytes | str) else json.dumps(data)
-    response = getattr(client, method)(
-        url, body, content_type="application/json", headers=all_headers
-    )
-    return response
-
-
-def replayed(response: HttpResponseBase) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
-
-
-def problem(response: HttpResponseBase, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    document: dict[str, Any] = json.loads(response.content)
-    assert document["status"] == status
-    assert document["code"] == code
-    return document
-
-
-def orders() -> int:
-    return Order.objects.count()
-
-
-def in_flight_claim(url: str, key: str = KEY, data: Any = ORDER) -> tuple[RequestKey, str]:
-    """Claim ``key`` as an anonymous POST of ``data`` to ``url`` would: a first
-    request that is still running."""
-    request = RequestFactory().post(url, json.dumps(data), content_type="application/json")
-    request.resolver_match = resolve(url)
-    request.user = AnonymousUser()
-    request_key = RequestKey(
-        scope=scope.default_scope(request), key=key, fingerprint=request_fingerprint(request)
-    )
-    claim = DatabaseStorage().claim(request_key, ttl=3600, lease=3600)
-    assert claim.token is not None
-    return request_key, claim.token
 
 
 Configure = Callable[..., Callable[..., Any]]
@@ -597,7 +504,7 @@ class TestStoreIf:
     def test_only_what_store_if_accepts_is_stored(
         self, client: Client, serve: Callable[..., str], configure: Configure
     ) -> None:
-        url = serve(configure(answering(201, 200), store_if=only_ok))
+        url = serve(configure(answering(201, 200), store_if=only_http_200))
 
         assert send(client, url).status_code == 201
         assert send(client, url).status_code == 200
@@ -934,13 +841,10 @@ def test_error_response_unavailable(
     down_database: str,
 ) -> None:
     runs: list[int] = []
-
-    def view(request: HttpRequest) -> HttpResponse:
-        runs.append(1)
-        return HttpResponse(status=201)
-
     url = serve(
-        configure(view, error_response=envelope, storage=DatabaseStorage(database=down_database))
+        configure(
+            counting(runs), error_response=envelope, storage=DatabaseStorage(database=down_database)
+        )
     )
 
     response = send(client, url)
@@ -953,14 +857,6 @@ def test_error_response_unavailable(
 # -- the store -------------------------------------------------------------------------------
 
 
-def _counting_view(runs: list[int]) -> Callable[..., HttpResponse]:
-    def view(request: HttpRequest) -> HttpResponse:
-        runs.append(1)
-        return HttpResponse("charged", status=201)
-
-    return view
-
-
 def test_store_down_fails_closed(
     client: Client,
     serve: Callable[..., str],
@@ -969,7 +865,7 @@ def test_store_down_fails_closed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs: list[int] = []
-    url = serve(configure(_counting_view(runs), storage=DatabaseStorage(database=down_database)))
+    url = serve(configure(counting(runs), storage=DatabaseStorage(database=down_database)))
 
     with caplog.at_level(logging.WARNING, logger="django_idempotency"):
         response = send(client, url)
@@ -990,7 +886,7 @@ def test_store_down_fails_open_when_configured(
     runs: list[int] = []
     url = serve(
         configure(
-            _counting_view(runs),
+            counting(runs),
             storage=DatabaseStorage(database=down_database),
             fail_open=True,
         )
@@ -1015,7 +911,7 @@ def test_store_options_setting_chooses_the_database(
     down_database: str,
 ) -> None:
     runs: list[int] = []
-    url = serve(idempotent(_counting_view(runs)))
+    url = serve(idempotent(counting(runs)))
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database})
 
     problem(send(client, url), 503, "idempotency_storage_unavailable")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import connections
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -22,42 +20,11 @@ from django.http import (
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.test import AsyncClient, Client
+from helpers import asend, orders, problem, replayed, send
 
 from demo.models import Order
 from django_idempotency.decorators import idempotent
 from django_idempotency.models import IdempotencyKey
-
-if TYPE_CHECKING:
-    from django.test.client import _MonkeyPatchedWSGIResponse as Response
-
-KEY = "responses-key-42"
-
-
-def send(client: Client, url: str, key: str = KEY) -> Response:
-    response: Response = client.post(
-        url,
-        json.dumps({"item": "x"}),
-        content_type="application/json",
-        headers={"Idempotency-Key": key},
-    )
-    return response
-
-
-def replayed(response: HttpResponseBase) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
-
-
-def problem(response: HttpResponseBase, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    document: dict[str, Any] = json.loads(response.content)
-    assert document["status"] == status
-    assert document["code"] == code
-    return document
-
-
-def orders() -> int:
-    return Order.objects.count()
 
 
 def new_order() -> Order:
@@ -408,24 +375,15 @@ async def order_list_page(request: HttpRequest) -> TemplateResponse:
     return TemplateResponse(request, template, {"orders": Order.objects.all()}, status=201)
 
 
-@pytest.fixture
-async def orm_thread_connections() -> AsyncIterator[None]:
-    # Async code reaches the ORM through one worker thread; close its
-    # connections so that they do not keep the test database from being dropped.
-    yield
-    await sync_to_async(connections.close_all)()
-
-
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("orm_thread_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_view_template_response_rendering_reads_the_database(
     async_client: AsyncClient, serve: Callable[..., str]
 ) -> None:
     url = serve(idempotent(order_list_page))
-    headers = {"Idempotency-Key": KEY}
 
-    first = await async_client.post(url, "{}", content_type="application/json", headers=headers)
-    retry = await async_client.post(url, "{}", content_type="application/json", headers=headers)
+    first = await asend(async_client, url, {})
+    retry = await asend(async_client, url, {})
 
     assert first.status_code == 201
     assert first.content == b"[async page]"

@@ -13,11 +13,11 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.db import connections
+from helpers import LEASE, TTL, claim_token, new_key
 
 from django_idempotency.keys import MAX_KEY_LENGTH
 from django_idempotency.responses import StoredResponse
@@ -28,9 +28,6 @@ from django_idempotency.storage import (
     PurgeResult,
     RequestKey,
 )
-
-TTL = 3600.0
-LEASE = 30.0
 
 #: Short durations for the tests of expiry; every time is the store's clock.
 SHORT_TTL = 1.0
@@ -61,29 +58,9 @@ def storage(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[
 
 
 @pytest.fixture
-async def worker_connections() -> AsyncIterator[None]:
-    """Close, after an async test, the connections the async methods opened in
-    asgiref's worker thread, so the test database can be dropped at the end."""
-    yield
-    await sync_to_async(connections.close_all)()
-
-
-@pytest.fixture
 def make_key() -> Callable[..., RequestKey]:
     """``make_key(fingerprint="a")``: a key never used before in this test run."""
-
-    def make(*, fingerprint: str = "fp-a", scope: str = "user:1|orders/") -> RequestKey:
-        return RequestKey(scope=scope, key=uuid.uuid4().hex, fingerprint=fingerprint)
-
-    return make
-
-
-def _claim(storage: BaseStorage, key: RequestKey, *, ttl: float = TTL, lease: float = LEASE) -> str:
-    """Claim ``key`` and return the token, failing the test if it was not won."""
-    claim = storage.claim(key, ttl=ttl, lease=lease)
-    assert claim.claimed, f"expected to win the claim, got {claim!r}"
-    assert claim.token is not None
-    return claim.token
+    return new_key
 
 
 # -- claim ---------------------------------------------------------------------------------
@@ -103,8 +80,8 @@ def test_claim_of_a_fresh_key_returns_a_token(
 def test_tokens_differ_between_claims(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
-    first = _claim(storage, make_key())
-    second = _claim(storage, make_key())
+    first = claim_token(storage, make_key())
+    second = claim_token(storage, make_key())
 
     assert first != second
 
@@ -113,7 +90,7 @@ def test_second_claim_gets_the_in_progress_record_with_its_fingerprint(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-first")
-    _claim(storage, key)
+    claim_token(storage, key)
 
     again = storage.claim(key, ttl=TTL, lease=LEASE)
 
@@ -129,7 +106,7 @@ def test_claim_with_another_fingerprint_gets_the_first_requests_fingerprint(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-first")
-    _claim(storage, key)
+    claim_token(storage, key)
 
     other = storage.claim(
         RequestKey(scope=key.scope, key=key.key, fingerprint="fp-other"), ttl=TTL, lease=LEASE
@@ -143,7 +120,7 @@ def test_same_key_in_another_scope_is_another_record(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(scope="user:1|orders/")
-    _claim(storage, key)
+    claim_token(storage, key)
 
     other_scope = RequestKey(scope="user:2|orders/", key=key.key, fingerprint=key.fingerprint)
 
@@ -157,7 +134,7 @@ def test_complete_stores_the_response_and_a_later_claim_returns_it(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
 
     assert storage.complete(key, token, RESPONSE) is True
     again = storage.claim(key, ttl=TTL, lease=LEASE)
@@ -176,7 +153,7 @@ def test_complete_keeps_a_not_replayable_outcome(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
     streamed = StoredResponse(status=200, replayable=False)
 
     assert storage.complete(key, token, streamed)
@@ -190,7 +167,7 @@ def test_complete_with_an_empty_body_and_no_headers(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
     empty = StoredResponse(status=204)
 
     assert storage.complete(key, token, empty)
@@ -204,7 +181,7 @@ def test_complete_twice_with_the_same_token_stores_only_once(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
     assert storage.complete(key, token, RESPONSE)
 
     assert storage.complete(key, token, StoredResponse(status=500, body=b"late")) is False
@@ -221,7 +198,7 @@ def test_complete_with_a_wrong_token_returns_false_and_changes_nothing(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
 
     assert storage.complete(key, uuid.uuid4().hex, RESPONSE) is False
 
@@ -237,7 +214,7 @@ def test_release_with_a_wrong_token_returns_false_and_changes_nothing(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
 
     assert storage.release(key, uuid.uuid4().hex) is False
 
@@ -251,7 +228,7 @@ def test_release_after_complete_returns_false_and_keeps_the_response(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
     storage.complete(key, token, RESPONSE)
 
     assert storage.release(key, token) is False
@@ -276,8 +253,8 @@ def test_a_token_of_one_key_does_not_complete_another(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     first, second = make_key(), make_key()
-    token = _claim(storage, first)
-    _claim(storage, second)
+    token = claim_token(storage, first)
+    claim_token(storage, second)
 
     assert storage.complete(second, token, RESPONSE) is False
     record = storage.claim(second, ttl=TTL, lease=LEASE).record
@@ -292,7 +269,7 @@ def test_release_lets_the_next_claim_win(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
 
     assert storage.release(key, token) is True
 
@@ -305,7 +282,7 @@ def test_release_lets_a_claim_with_another_fingerprint_win(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-a")
-    storage.release(key, _claim(storage, key))
+    storage.release(key, claim_token(storage, key))
 
     other = RequestKey(scope=key.scope, key=key.key, fingerprint="fp-b")
 
@@ -319,7 +296,7 @@ def test_after_ttl_a_completed_key_can_be_claimed_again(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key, ttl=SHORT_TTL, lease=SHORT_LEASE)
+    token = claim_token(storage, key, ttl=SHORT_TTL, lease=SHORT_LEASE)
     storage.complete(key, token, RESPONSE)
     assert not storage.claim(key, ttl=SHORT_TTL, lease=SHORT_LEASE).claimed
 
@@ -339,12 +316,12 @@ def test_in_progress_claim_past_its_lease_is_taken_over_by_the_same_request(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-same")
-    old_token = _claim(storage, key, lease=SHORT_LEASE)
+    old_token = claim_token(storage, key, lease=SHORT_LEASE)
     assert not storage.claim(key, ttl=TTL, lease=LEASE).claimed
 
     time.sleep(SHORT_LEASE + 0.3)
 
-    new_token = _claim(storage, key)
+    new_token = claim_token(storage, key)
     assert new_token != old_token
     assert storage.complete(key, new_token, RESPONSE) is True
 
@@ -361,9 +338,9 @@ def test_old_owner_cannot_complete_before_the_new_owner_does(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    old_token = _claim(storage, key, lease=SHORT_LEASE)
+    old_token = claim_token(storage, key, lease=SHORT_LEASE)
     time.sleep(SHORT_LEASE + 0.3)
-    new_token = _claim(storage, key)
+    new_token = claim_token(storage, key)
 
     assert storage.complete(key, old_token, StoredResponse(status=200, body=b"stale")) is False
 
@@ -377,7 +354,7 @@ def test_claim_with_another_fingerprint_after_the_lease_does_not_take_over(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-first")
-    token = _claim(storage, key, lease=SHORT_LEASE)
+    token = claim_token(storage, key, lease=SHORT_LEASE)
     time.sleep(SHORT_LEASE + 0.3)
 
     other = storage.claim(
@@ -397,7 +374,7 @@ def test_a_completed_key_is_never_taken_over_before_its_ttl(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key()
-    token = _claim(storage, key, lease=SHORT_LEASE)
+    token = claim_token(storage, key, lease=SHORT_LEASE)
     storage.complete(key, token, RESPONSE)
     time.sleep(SHORT_LEASE + 0.3)
 
@@ -415,8 +392,8 @@ def test_purge_leaves_live_records_alone(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     done, running = make_key(), make_key()
-    storage.complete(done, _claim(storage, done), RESPONSE)
-    _claim(storage, running)
+    storage.complete(done, claim_token(storage, done), RESPONSE)
+    claim_token(storage, running)
 
     result = storage.purge(batch_size=100)
 
@@ -431,10 +408,10 @@ def test_purge_removes_expired_records(
 ) -> None:
     expired = [make_key() for _ in range(3)]
     for key in expired:
-        token = _claim(storage, key, ttl=SHORT_TTL, lease=SHORT_LEASE)
+        token = claim_token(storage, key, ttl=SHORT_TTL, lease=SHORT_LEASE)
         storage.complete(key, token, RESPONSE)
     live = make_key()
-    storage.complete(live, _claim(storage, live), RESPONSE)
+    storage.complete(live, claim_token(storage, live), RESPONSE)
     time.sleep(PAST)
 
     assert storage.purge(batch_size=2, dry_run=True) in (None, PurgeResult(deleted=3, batches=0))
@@ -502,7 +479,7 @@ def test_concurrent_take_overs_of_an_abandoned_claim_have_exactly_one_winner(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
     key = make_key(fingerprint="fp-race")
-    abandoned = _claim(storage, key, lease=SHORT_LEASE)
+    abandoned = claim_token(storage, key, lease=SHORT_LEASE)
     time.sleep(SHORT_LEASE + 0.3)
 
     claims = _race(storage, key)
@@ -517,7 +494,7 @@ def test_concurrent_take_overs_of_an_abandoned_claim_have_exactly_one_winner(
 
 
 def _round_trip(storage: BaseStorage, key: RequestKey, response: StoredResponse) -> StoredResponse:
-    token = _claim(storage, key)
+    token = claim_token(storage, key)
     assert storage.complete(key, token, response)
     record = storage.claim(key, ttl=TTL, lease=LEASE).record
     assert record is not None
@@ -603,9 +580,9 @@ def test_the_longest_key_the_package_accepts(storage: BaseStorage) -> None:
     key = RequestKey(scope="global", key="k" * MAX_KEY_LENGTH, fingerprint="fp")
     neighbour = RequestKey(scope="global", key="k" * (MAX_KEY_LENGTH - 1), fingerprint="fp")
 
-    abandoned = _claim(storage, key, lease=SHORT_LEASE)
+    abandoned = claim_token(storage, key, lease=SHORT_LEASE)
     time.sleep(SHORT_LEASE + 0.3)
-    token = _claim(storage, key)  # the take-over of an abandoned claim
+    token = claim_token(storage, key)  # the take-over of an abandoned claim
 
     assert token != abandoned
     assert storage.complete(key, token, RESPONSE)
@@ -625,7 +602,7 @@ def test_scope_and_key_boundaries_do_not_collide(storage: BaseStorage) -> None:
     # "ab" + "c" and "a" + "bc" are different records.
     first = RequestKey(scope="ab", key="c", fingerprint="fp")
     second = RequestKey(scope="a", key="bc", fingerprint="fp")
-    _claim(storage, first)
+    claim_token(storage, first)
 
     assert storage.claim(second, ttl=TTL, lease=LEASE).claimed
 
@@ -633,7 +610,7 @@ def test_scope_and_key_boundaries_do_not_collide(storage: BaseStorage) -> None:
 # -- async ---------------------------------------------------------------------------------
 
 
-@pytest.mark.usefixtures("worker_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_claim_complete_and_replay(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
@@ -656,7 +633,7 @@ async def test_async_claim_complete_and_replay(
     assert replay.record.response == RESPONSE
 
 
-@pytest.mark.usefixtures("worker_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_release_is_fenced_and_lets_the_next_claim_win(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
@@ -673,7 +650,7 @@ async def test_async_release_is_fenced_and_lets_the_next_claim_win(
     assert retry.token != claim.token
 
 
-@pytest.mark.usefixtures("worker_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_take_over_after_the_lease_fences_the_old_owner(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
@@ -692,7 +669,7 @@ async def test_async_take_over_after_the_lease_fences_the_old_owner(
     assert record.response == RESPONSE
 
 
-@pytest.mark.usefixtures("worker_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_round_trip_of_a_binary_body(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:

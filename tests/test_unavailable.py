@@ -10,34 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client
+from helpers import KEY, acounting, asend, counting, send
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.errors import PROBLEM_CONTENT_TYPE
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage import DatabaseStorage, RequestKey
 
-KEY = "order-7d1e5c-secret"
 ROUTE = "endpoint/"
 LOGGER = "django_idempotency"
-BODY = {"item": "coffee", "quantity": 2}
-
-
-def _post(client: Client, url: str) -> Any:
-    return client.post(url, BODY, content_type="application/json", headers={"Idempotency-Key": KEY})
-
-
-async def _apost(client: AsyncClient, url: str) -> Any:
-    return await client.post(
-        url, BODY, content_type="application/json", headers={"Idempotency-Key": KEY}
-    )
 
 
 def _log_id() -> str:
@@ -75,17 +62,11 @@ def test_sync_view_fails_closed_with_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database})
-    calls: list[HttpRequest] = []
-
-    @idempotent
-    def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": 1}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    url = serve(idempotent(counting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = _post(client, url)
+    response = send(client, url)
 
     _assert_unavailable(response)
     assert calls == []
@@ -103,17 +84,11 @@ async def test_async_view_fails_closed_with_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database})
-    calls: list[HttpRequest] = []
-
-    @idempotent
-    async def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": 1}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    url = serve(idempotent(acounting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = await _apost(async_client, url)
+    response = await asend(async_client, url)
 
     _assert_unavailable(response)
     assert calls == []
@@ -127,17 +102,11 @@ def test_every_retry_is_refused_while_the_store_is_down(
     client: Client,
 ) -> None:
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database})
-    calls: list[HttpRequest] = []
-
-    @idempotent
-    def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": 1}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    url = serve(idempotent(counting(calls)), ROUTE)
 
     for _ in range(3):
-        _assert_unavailable(_post(client, url))
+        _assert_unavailable(send(client, url))
     assert calls == []
 
 
@@ -149,17 +118,11 @@ def test_sync_view_fails_open_when_asked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database}, FAIL_OPEN=True)
-    calls: list[HttpRequest] = []
-
-    @idempotent
-    def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": len(calls)}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    url = serve(idempotent(counting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = _post(client, url)
+    response = send(client, url)
 
     assert response.status_code == 201
     assert response.json() == {"id": 1}
@@ -180,17 +143,11 @@ async def test_async_view_fails_open_when_asked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     idempotency_settings(STORAGE_OPTIONS={"DATABASE": down_database})
-    calls: list[HttpRequest] = []
-
-    @idempotent(fail_open=True)
-    async def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": len(calls)}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    url = serve(idempotent(fail_open=True)(acounting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = await _apost(async_client, url)
+    response = await asend(async_client, url)
 
     assert response.status_code == 201
     assert len(calls) == 1
@@ -214,8 +171,8 @@ def test_requests_that_need_no_store_are_served_while_it_is_down(
 
     url = serve(view, ROUTE)
 
-    assert client.get(url, headers={"Idempotency-Key": KEY}).status_code == 200
-    assert client.post(url, BODY, content_type="application/json").status_code == 200
+    assert send(client, url, method="get").status_code == 200
+    assert send(client, url, key=None).status_code == 200
 
 
 # -- down at completion or release time ----------------------------------------------------
@@ -250,15 +207,6 @@ class ReleasesOnADownDatabase(DatabaseStorage):
 LOCK_TIMEOUT = 1.0
 
 
-@pytest.fixture
-async def worker_connections() -> AsyncIterator[None]:
-    """Close, after an async test, the connections opened in asgiref's worker
-    thread (the test client keeps them open), so the test database can be
-    dropped at the end of the run."""
-    yield
-    await sync_to_async(connections.close_all)()
-
-
 @pytest.mark.django_db
 def test_completion_failure_keeps_the_views_response(
     serve: Callable[..., str],
@@ -266,17 +214,12 @@ def test_completion_failure_keeps_the_views_response(
     client: Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls: list[HttpRequest] = []
-
-    @idempotent(storage=CompletesOnADownDatabase(down_database), lock_timeout=LOCK_TIMEOUT)
-    def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": len(calls)}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    storage = CompletesOnADownDatabase(down_database)
+    url = serve(idempotent(storage=storage, lock_timeout=LOCK_TIMEOUT)(counting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = _post(client, url)
+    response = send(client, url)
 
     assert response.status_code == 201
     assert response.json() == {"id": 1}
@@ -286,12 +229,12 @@ def test_completion_failure_keeps_the_views_response(
     _assert_key_not_logged(caplog)
 
     # The claim stays until lock_timeout: a retry meanwhile is told to wait...
-    assert _post(client, url).status_code == 409
+    assert send(client, url).status_code == 409
     assert len(calls) == 1
 
     # ...and after it, runs the view again (the response was never stored).
     time.sleep(LOCK_TIMEOUT + 0.3)
-    retry = _post(client, url)
+    retry = send(client, url)
 
     assert retry.status_code == 201
     assert retry.json() == {"id": 2}
@@ -299,33 +242,28 @@ def test_completion_failure_keeps_the_views_response(
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("worker_connections")
+@pytest.mark.usefixtures("close_orm_thread_connections")
 async def test_async_completion_failure_keeps_the_views_response(
     serve: Callable[..., str],
     down_database: str,
     async_client: AsyncClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    calls: list[HttpRequest] = []
-
-    @idempotent(storage=CompletesOnADownDatabase(down_database), lock_timeout=LOCK_TIMEOUT)
-    async def view(request: HttpRequest) -> HttpResponse:
-        calls.append(request)
-        return JsonResponse({"id": len(calls)}, status=201)
-
-    url = serve(view, ROUTE)
+    calls: list[int] = []
+    storage = CompletesOnADownDatabase(down_database)
+    url = serve(idempotent(storage=storage, lock_timeout=LOCK_TIMEOUT)(acounting(calls)), ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = await _apost(async_client, url)
+    response = await asend(async_client, url)
 
     assert response.status_code == 201
     assert response.json() == {"id": 1}
     assert [r for r in _our_records(caplog) if r.levelno == logging.ERROR]
     _assert_key_not_logged(caplog)
-    assert (await _apost(async_client, url)).status_code == 409
+    assert (await asend(async_client, url)).status_code == 409
 
     await asyncio.sleep(LOCK_TIMEOUT + 0.3)
-    retry = await _apost(async_client, url)
+    retry = await asend(async_client, url)
 
     assert retry.status_code == 201
     assert len(calls) == 2
@@ -348,7 +286,7 @@ def test_release_failure_keeps_the_views_error_response(
     url = serve(view, ROUTE)
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    response = _post(client, url)
+    response = send(client, url)
 
     assert response.status_code == 502
     assert response.json() == {"error": "upstream timeout"}
@@ -358,7 +296,7 @@ def test_release_failure_keeps_the_views_error_response(
     _assert_key_not_logged(caplog)
 
     time.sleep(LOCK_TIMEOUT + 0.3)
-    assert _post(client, url).status_code == 502
+    assert send(client, url).status_code == 502
     assert len(calls) == 2
 
 
@@ -380,6 +318,6 @@ def test_release_failure_after_an_exception_reraises_the_views_exception(
     caplog.set_level(logging.INFO, logger=LOGGER)
 
     with pytest.raises(PaymentGatewayError):
-        _post(client, url)
+        send(client, url)
 
     assert [r for r in _our_records(caplog) if r.levelno == logging.ERROR]
