@@ -3,7 +3,8 @@
 The database is chosen with the environment variable ``IDEMPOTENCY_TEST_DATABASE``:
 
 ``sqlite`` (default)
-    ``testproject/db.sqlite3``, or the path in ``IDEMPOTENCY_SQLITE_NAME``.
+    ``testproject/db.sqlite3``, or the path in ``IDEMPOTENCY_SQLITE_NAME``; the test
+    database is a file in the temporary directory, named after the process.
 ``postgresql``
     PostgreSQL through psycopg 3 on ``IDEMPOTENCY_PG_HOST`` (127.0.0.1),
     ``IDEMPOTENCY_PG_PORT`` (5432) as ``IDEMPOTENCY_PG_USER`` (postgres),
@@ -14,8 +15,9 @@ The database is chosen with the environment variable ``IDEMPOTENCY_TEST_DATABASE
     database ``IDEMPOTENCY_MYSQL_NAME`` (idempotency), no password.
 
 ``IDEMPOTENCY_TEST_DB_NAME`` sets the name of the database the test runner creates
-(``TEST["NAME"]``); ``IDEMPOTENCY_DB_NAME_OVERRIDE`` replaces ``NAME`` itself, so that
-server processes started by a test (gunicorn) use the exact test database.
+(``TEST["NAME"]``; ``:memory:`` for SQLite's in-memory database);
+``IDEMPOTENCY_DB_NAME_OVERRIDE`` replaces ``NAME`` itself, so that server processes
+started by a test (gunicorn) use the exact test database.
 """
 
 from __future__ import annotations
