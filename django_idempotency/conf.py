@@ -275,8 +275,8 @@ def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         # Checked again when the view is used, since settings may change.
         try:
             defaults = global_options()
-        except OptionError:
-            defaults = {}  # reported by the system checks
+        except ImproperlyConfigured:
+            defaults = {}  # settings not configured yet, or invalid: the checks say so
         ttl = parsed.get("ttl", defaults.get("ttl"))
         lock_timeout = parsed.get("lock_timeout", defaults.get("lock_timeout"))
         problem = lease_problem(ttl, lock_timeout) if ttl and lock_timeout else None

@@ -22,7 +22,6 @@ started by a test (gunicorn) use the exact test database.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -61,9 +60,6 @@ INSTALLED_APPS = [
     "django_idempotency",
     "demo",
 ]
-# Optional integration: Django REST framework's templates (browsable API) when installed.
-if importlib.util.find_spec("rest_framework") is not None:
-    INSTALLED_APPS.append("rest_framework")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

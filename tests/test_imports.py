@@ -1,0 +1,60 @@
+"""What importing the package needs, and what it pulls in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_decorating_a_view_needs_no_configured_settings() -> None:
+    # A views module may be imported by tooling before Django is set up.
+    result = _run(
+        """
+        from django_idempotency.decorators import idempotent
+
+        @idempotent(ttl=60, header="X-Idempotency-Key")
+        def view(request):
+            return None
+
+        print(callable(view))
+        """
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_the_core_never_imports_drf_or_django_redis() -> None:
+    result = _run(
+        """
+        import sys
+        import django
+        django.setup()
+        import django_idempotency.admin, django_idempotency.checks
+        import django_idempotency.decorators, django_idempotency.engine
+        from django_idempotency.storage import DatabaseStorage
+        from django.core.management import call_command
+        call_command("check")
+        print(sorted(m for m in ("rest_framework", "django_redis", "redis") if m in sys.modules))
+        """,
+        DJANGO_SETTINGS_MODULE="testproject.settings",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p.endswith("testproject")),
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
