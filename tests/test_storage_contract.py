@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from django.db import connections
@@ -43,18 +43,38 @@ RESPONSE = StoredResponse(
 )
 
 
-@pytest.fixture(params=["database"])
+@pytest.fixture(params=["database", "redis"])
 def storage(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[BaseStorage]:
     """One store per parameter, empty at the start of each test.
 
     Every test commits what it writes (``transactional_db``): several tests
     claim from other threads (the concurrency tests, and the async methods,
     whose calls may run in a worker thread), which must see each other's rows.
+    The Redis store gets a key prefix of its own per test, so tests never
+    see each other's records, and its keys are deleted afterwards.
     """
     if request.param == "database":
         yield DatabaseStorage()
+    elif request.param == "redis":
+        pytest.importorskip("django_redis", reason="the redis extra is not installed")
+        from django_idempotency.storage import RedisStorage
+
+        store = RedisStorage(cache_alias="idempotency", key_prefix=f"test-{uuid.uuid4().hex}")
+        yield store
+        client = store.client()
+        for redis_key in client.scan_iter(match=f"{store.key_prefix}:*"):
+            client.delete(redis_key)
     else:  # pragma: no cover - a parameter without a store is a mistake here
         raise AssertionError(f"no store for {request.param!r}")
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_clients(storage: BaseStorage) -> AsyncIterator[None]:
+    # A store's asyncio client belongs to the test's event loop; close it with it.
+    yield
+    aclose = getattr(storage, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 @pytest.fixture

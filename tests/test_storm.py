@@ -142,17 +142,28 @@ STORMS = [
 
 @pytest.mark.storm
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["database", "redis"])
 @pytest.mark.parametrize(("path", "mode"), STORMS)
 def test_duplicate_storm_runs_each_key_once(
-    server_pool: Callable[..., servers.Server], path: str, mode: str
+    server_pool: Callable[..., servers.Server], path: str, mode: str, store: str
 ) -> None:
     if connection.vendor == "sqlite":
         pytest.skip(
             "the storm runs against server databases; "
             "run with IDEMPOTENCY_TEST_DATABASE=postgresql or mariadb"
         )
-    server = server_pool()
     run = uuid.uuid4().hex[:8]
+    redis_prefix = f"storm-{run}"
+    if store == "redis":
+        pytest.importorskip("django_redis", reason="the redis extra is not installed")
+        server = server_pool(
+            extra_env={
+                "IDEMPOTENCY_TEST_STORE": "redis",
+                "IDEMPOTENCY_TEST_REDIS_PREFIX": redis_prefix,
+            }
+        )
+    else:
+        server = server_pool()
     items = {f"storm-{run}-{n:03d}": f"storm-{mode}-{run}-{n:03d}" for n in range(KEYS)}
 
     answers = storm(server, path, items)
@@ -167,7 +178,7 @@ def test_duplicate_storm_runs_each_key_once(
     replays = sum(a.replayed for a in answers)
     conflicts = sum(a.status == 409 for a in answers)
     print(
-        f"storm {mode} on {connection.vendor}: {len(answers)} requests, "
+        f"storm {mode} on {connection.vendor} ({store} store): {len(answers)} requests, "
         f"{sum(executions.values())} executions, {replays} replays, {conflicts} 409s"
     )
 
@@ -216,11 +227,21 @@ def test_duplicate_storm_runs_each_key_once(
                 problems.append(answer.describe())
     assert not problems, "\n".join(problems[:40])
 
-    # Every key ends completed; no claim is left behind.
-    states = Counter(
-        IdempotencyKey.objects.filter(key__in=list(items)).values_list("state", flat=True)
-    )
-    assert states == {State.COMPLETED: KEYS}
+    # Every key ends completed, in the store the pool used; no claim is left behind.
+    if store == "redis":
+        from django_idempotency.storage import RedisStorage
+
+        redis = RedisStorage(cache_alias="idempotency").client()
+        records = list(redis.scan_iter(match=f"{redis_prefix}:*"))
+        states = Counter(redis.hget(record, "s") for record in records)
+        redis.delete(*records)
+        assert states == {b"c": KEYS}
+        assert not IdempotencyKey.objects.filter(key__in=list(items)).exists()
+    else:
+        states = Counter(
+            IdempotencyKey.objects.filter(key__in=list(items)).values_list("state", flat=True)
+        )
+        assert states == {State.COMPLETED: KEYS}
 
     if mode == "conflict":
         # Copies released together at a view that sleeps 0.3 s: unless the pool

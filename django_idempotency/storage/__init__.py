@@ -1,7 +1,8 @@
 """Stores for idempotency records.
 
-``DatabaseStorage`` is imported when first used, so that importing the
-decorator does not need Django's app registry (the store's model does).
+``DatabaseStorage`` and ``RedisStorage`` are imported when first used, so
+that importing the decorator needs neither Django's app registry (the
+database store's model does) nor redis-py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from django_idempotency.storage.base import (
 
 if TYPE_CHECKING:
     from django_idempotency.storage.database import DatabaseStorage
+    from django_idempotency.storage.redis import RedisStorage
 
 __all__ = [
     "BaseStorage",
@@ -26,6 +28,7 @@ __all__ = [
     "DatabaseStorage",
     "PurgeResult",
     "Record",
+    "RedisStorage",
     "RequestKey",
     "StorageError",
 ]
@@ -36,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from django_idempotency.storage.database import DatabaseStorage
 
         return DatabaseStorage
+    if name == "RedisStorage":
+        from django_idempotency.storage.redis import RedisStorage
+
+        return RedisStorage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,6 +22,7 @@ started by a test (gunicorn) use the exact test database.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -151,6 +152,19 @@ if os.environ.get("IDEMPOTENCY_DB_NAME_OVERRIDE"):
     _default_db["NAME"] = os.environ["IDEMPOTENCY_DB_NAME_OVERRIDE"]
 
 DATABASES = {"default": _default_db}
+
+
+# Caches: a django-redis cache for the Redis store, where django-redis is installed ---------
+
+CACHES: dict[str, Any] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
+if importlib.util.find_spec("django_redis") is not None:
+    CACHES["idempotency"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": os.environ.get("IDEMPOTENCY_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
@@ -175,6 +189,15 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # django-idempotency: the defaults -------------------------------------------------------
 
 IDEMPOTENCY: dict[str, Any] = {}
+
+# IDEMPOTENCY_TEST_STORE=redis keeps keys in Redis instead (the multi-process
+# tests start server pools this way), under IDEMPOTENCY_TEST_REDIS_PREFIX.
+if os.environ.get("IDEMPOTENCY_TEST_STORE") == "redis":
+    IDEMPOTENCY["STORAGE"] = "django_idempotency.storage.RedisStorage"
+    IDEMPOTENCY["STORAGE_OPTIONS"] = {
+        "CACHE_ALIAS": "idempotency",
+        "KEY_PREFIX": os.environ.get("IDEMPOTENCY_TEST_REDIS_PREFIX", "idempotency"),
+    }
 
 
 # Logging ---------------------------------------------------------------------------------

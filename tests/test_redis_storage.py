@@ -1,0 +1,239 @@
+"""The Redis store through the decorator, its clock and expiry, its round trips
+(counted by the Redis server), its checks, and Redis being unreachable.
+
+The store contract (claim, complete, release, fencing, takeover, expiry,
+concurrency) runs on Redis in ``test_storage_contract.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import AsyncClient, Client
+from helpers import acreate_order, asend, create_order, orders, problem, replayed, send
+
+from django_idempotency.decorators import idempotent
+from django_idempotency.storage import BaseStorage
+
+pytest.importorskip("django_redis", reason="the redis extra is not installed")
+
+from django_idempotency.storage import RedisStorage
+
+CACHE = "idempotency"
+DEAD = "idempotency_down"
+
+
+@pytest.fixture
+def store() -> Iterator[RedisStorage]:
+    storage = RedisStorage(cache_alias=CACHE, key_prefix=f"test-{uuid.uuid4().hex}")
+    yield storage
+    client = storage.client()
+    for redis_key in client.scan_iter(match=f"{storage.key_prefix}:*"):
+        client.delete(redis_key)
+
+
+@pytest.fixture
+async def async_store(store: RedisStorage) -> AsyncIterator[RedisStorage]:
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+def dead_cache(settings: Any) -> str:
+    """A django-redis cache on a closed port: Redis is down."""
+    settings.CACHES = {
+        **settings.CACHES,
+        DEAD: {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        },
+    }
+    return DEAD
+
+
+def _evalsha_calls(store: RedisStorage) -> int:
+    stats = store.client().info("commandstats")
+    calls = 0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        calls += int(stats.get(name, {}).get("calls", 0))
+    return calls
+
+
+# -- through the decorator ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_first_runs_retry_replays_mismatch_refused(
+    client: Client, serve: Callable[..., str], store: RedisStorage
+) -> None:
+    url = serve(idempotent(storage=store)(create_order))
+
+    first = send(client, url)
+    retry = send(client, url)
+    other = send(client, url, {"item": "tea"})
+
+    assert first.status_code == 201
+    assert not replayed(first)
+    assert retry.status_code == 201
+    assert replayed(retry)
+    assert retry.content == first.content
+    assert retry["Location"] == first["Location"]
+    problem(other, 422, "idempotency_key_mismatch")
+    assert orders() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_async_view_uses_the_asyncio_client(
+    async_client: AsyncClient,
+    serve: Callable[..., str],
+    async_store: RedisStorage,
+    close_orm_thread_connections: None,
+) -> None:
+    url = serve(idempotent(storage=async_store)(acreate_order))
+
+    first = await asend(async_client, url)
+    retry = await asend(async_client, url)
+
+    assert first.status_code == 201
+    assert replayed(retry)
+    assert retry.content == first.content
+    assert async_store._async_clients, "the async path never built an asyncio client"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_records_carry_their_ttl_in_redis(
+    client: Client, serve: Callable[..., str], store: RedisStorage
+) -> None:
+    url = serve(idempotent(storage=store, ttl=120, lock_timeout=5)(create_order))
+    send(client, url)
+
+    redis_keys = list(store.client().scan_iter(match=f"{store.key_prefix}:*"))
+    assert len(redis_keys) == 1
+    remaining_ms = store.client().pttl(redis_keys[0])
+    assert 110_000 < remaining_ms <= 120_000
+    # One slot per record: the digest is the Cluster hash tag.
+    assert redis_keys[0].decode().endswith("}")
+    assert "{" in redis_keys[0].decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_round_trip_to_claim_and_one_to_complete(
+    client: Client, serve: Callable[..., str], store: RedisStorage
+) -> None:
+    url = serve(idempotent(storage=store)(create_order))
+    send(client, url, key="warm-up")  # loads the scripts into the server
+
+    before = _evalsha_calls(store)
+    send(client, url)
+    fresh = _evalsha_calls(store) - before
+    before = _evalsha_calls(store)
+    send(client, url)
+    replay = _evalsha_calls(store) - before
+
+    assert fresh == 2  # claim, complete
+    assert replay == 1  # claim, which returns the stored response
+
+
+# -- Redis down ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_redis_down_fails_closed(
+    client: Client, serve: Callable[..., str], dead_cache: str
+) -> None:
+    url = serve(idempotent(storage=RedisStorage(cache_alias=dead_cache))(create_order))
+
+    response = send(client, url)
+
+    problem(response, 503, "idempotency_storage_unavailable")
+    assert orders() == 0
+
+
+@pytest.mark.django_db
+def test_redis_down_with_fail_open_runs_the_view_and_warns(
+    client: Client,
+    serve: Callable[..., str],
+    dead_cache: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RedisStorage(cache_alias=dead_cache)
+    url = serve(idempotent(storage=store, fail_open=True)(create_order))
+
+    with caplog.at_level(logging.WARNING, logger="django_idempotency"):
+        response = send(client, url, key="secret-key-never-logged")
+
+    assert response.status_code == 201
+    assert orders() == 1
+    assert any("fail_open" in record.getMessage() for record in caplog.records)
+    assert all("secret-key-never-logged" not in record.getMessage() for record in caplog.records)
+
+
+async def test_redis_down_fails_closed_for_async_views(
+    async_client: AsyncClient, serve: Callable[..., str], dead_cache: str
+) -> None:
+    store = RedisStorage(cache_alias=dead_cache)
+    runs: list[int] = []
+
+    async def view(request: Any) -> Any:
+        runs.append(1)
+        raise AssertionError("the view must not run")
+
+    url = serve(idempotent(storage=store)(view))
+    try:
+        response = await asend(async_client, url)
+    finally:
+        await store.aclose()
+
+    problem(response, 503, "idempotency_storage_unavailable")
+    assert runs == []
+
+
+# -- operations ---------------------------------------------------------------------------------
+
+
+def test_purge_command_says_redis_expires_keys_itself(
+    settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings.IDEMPOTENCY = {
+        "STORAGE": "django_idempotency.storage.RedisStorage",
+        "STORAGE_OPTIONS": {"CACHE_ALIAS": CACHE},
+    }
+
+    call_command("purge_idempotency_keys")
+
+    assert "Nothing to purge: RedisStorage expires keys by itself." in capsys.readouterr().out
+
+
+def test_check_passes_for_a_django_redis_cache(store: BaseStorage) -> None:
+    assert store.check() == []
+
+
+def test_check_reports_an_unknown_cache_alias() -> None:
+    messages = RedisStorage(cache_alias="no-such-cache").check()
+
+    assert [message.id for message in messages] == ["django_idempotency.E020"]
+
+
+def test_check_reports_a_cache_that_is_not_django_redis() -> None:
+    messages = RedisStorage(cache_alias="default").check()  # LocMemCache
+
+    assert [message.id for message in messages] == ["django_idempotency.E021"]
+    assert "LocMemCache" in messages[0].msg
+
+
+def test_check_runs_through_the_system_checks(settings: Any) -> None:
+    from django.core.management import CommandError
+
+    settings.IDEMPOTENCY = {
+        "STORAGE": "django_idempotency.storage.RedisStorage",
+        "STORAGE_OPTIONS": {"CACHE_ALIAS": "no-such-cache"},
+    }
+
+    with pytest.raises(CommandError, match=r"django_idempotency\.E020"):
+        call_command("check")
