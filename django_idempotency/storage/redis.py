@@ -89,11 +89,23 @@ class RedisStorage(BaseStorage):
     own client; async views use redis-py's asyncio client, built from the
     same ``LOCATION`` and the cache's ``PASSWORD``, ``SOCKET_TIMEOUT`` and
     ``SOCKET_CONNECT_TIMEOUT`` options, one per event loop.
+
+    ``cluster=True`` is for a Redis Cluster, which django-redis's clients do
+    not speak: the store then builds redis-py's ``RedisCluster`` clients (sync
+    and asyncio) from the cache's ``LOCATION`` (any node) and the same options.
     """
 
-    def __init__(self, *, cache_alias: str = "default", key_prefix: str = "idempotency") -> None:
+    def __init__(
+        self,
+        *,
+        cache_alias: str = "default",
+        key_prefix: str = "idempotency",
+        cluster: bool = False,
+    ) -> None:
         self.cache_alias = cache_alias
         self.key_prefix = key_prefix
+        self.cluster = cluster
+        self._cluster_client: Redis | None = None
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = (
             weakref.WeakKeyDictionary()
         )
@@ -163,29 +175,53 @@ class RedisStorage(BaseStorage):
     # -- clients ---------------------------------------------------------------
 
     def client(self) -> Redis:
+        """The sync client: the django-redis cache's own, or, with
+        ``cluster=True``, a ``RedisCluster`` built from the cache's settings."""
+        if self.cluster:
+            if self._cluster_client is None:
+                from redis.cluster import RedisCluster
+
+                url, options = self._connection_settings()
+                self._cluster_client = RedisCluster.from_url(url, **options)  # type: ignore[assignment]
+            assert self._cluster_client is not None
+            return self._cluster_client
         from django_redis import get_redis_connection
 
         client: Redis = get_redis_connection(self.cache_alias)
         return client
 
     def async_client(self) -> AsyncRedis:
+        """The asyncio client of the running event loop (``Redis``, or
+        ``RedisCluster`` with ``cluster=True``), built on first use."""
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            from redis.asyncio import Redis as AsyncRedis
-
-            config = settings.CACHES[self.cache_alias]
-            location = config["LOCATION"]
-            url = location[0] if isinstance(location, list | tuple) else location
-            options = config.get("OPTIONS", {})
-            client = AsyncRedis.from_url(
-                str(url).split(",")[0],
-                password=options.get("PASSWORD"),
-                socket_timeout=options.get("SOCKET_TIMEOUT"),
-                socket_connect_timeout=options.get("SOCKET_CONNECT_TIMEOUT"),
-            )
+            client = self._new_async_client()
             self._async_clients[loop] = client
         return client
+
+    def _new_async_client(self) -> AsyncRedis:
+        url, options = self._connection_settings()
+        if self.cluster:
+            from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+            cluster: AsyncRedis = AsyncRedisCluster.from_url(url, **options)  # type: ignore[assignment]
+            return cluster
+        from redis.asyncio import Redis as AsyncRedis
+
+        return AsyncRedis.from_url(url, **options)
+
+    def _connection_settings(self) -> tuple[str, dict[str, Any]]:
+        """The first URL of the cache's ``LOCATION``, and its password and timeouts."""
+        config = settings.CACHES[self.cache_alias]
+        location = config["LOCATION"]
+        url = location[0] if isinstance(location, list | tuple) else location
+        options = config.get("OPTIONS", {})
+        return str(url).split(",")[0], {
+            "password": options.get("PASSWORD"),
+            "socket_timeout": options.get("SOCKET_TIMEOUT"),
+            "socket_connect_timeout": options.get("SOCKET_CONNECT_TIMEOUT"),
+        }
 
     async def aclose(self) -> None:
         """Close the asyncio client of the running event loop, if any: for an
