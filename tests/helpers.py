@@ -220,10 +220,12 @@ def in_flight_claim(
     *,
     lease: float = 3600.0,
     scope: str | None = None,
+    storage: BaseStorage | None = None,
 ) -> tuple[RequestKey, str]:
-    """Claim ``key`` through the store as an anonymous POST of ``data`` to ``url``
-    would: a first request still running, or, once ``lease`` has passed, one whose
-    worker died without completing. ``scope`` replaces the default scope."""
+    """Claim ``key`` through ``storage`` (the database store by default) as an
+    anonymous POST of ``data`` to ``url`` would: a first request still running,
+    or, once ``lease`` has passed, one whose worker died without completing.
+    ``scope`` replaces the default scope."""
     request = RequestFactory().post(url, json.dumps(data), content_type="application/json")
     request.resolver_match = resolve(url)
     request.user = AnonymousUser()
@@ -232,7 +234,7 @@ def in_flight_claim(
         key=key,
         fingerprint=request_fingerprint(request),
     )
-    claim = DatabaseStorage().claim(request_key, ttl=3600, lease=lease)
+    claim = (storage or DatabaseStorage()).claim(request_key, ttl=3600, lease=lease)
     assert claim.token is not None
     return request_key, claim.token
 
