@@ -336,3 +336,56 @@ def test_a_full_redis_refuses_the_claim_before_the_view_runs(
 
     problem(response, 503, "idempotency_storage_unavailable")
     assert orders() == 0
+
+
+@pytest.fixture
+def silent_redis(settings: Any) -> Iterator[str]:
+    """A django-redis cache whose server accepts connections and never answers:
+    Redis hanging, as under a long fork or a network partition."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            accepted.append(connection)  # held open, never read from or answered
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    settings.CACHES = {
+        **settings.CACHES,
+        "silent": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        },
+    }
+    yield "silent"
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.django_db
+def test_a_redis_that_does_not_answer_times_out_into_a_503(
+    client: Client, serve: Callable[..., str], silent_redis: str
+) -> None:
+    url = serve(idempotent(storage=RedisStorage(cache_alias=silent_redis))(create_order))
+
+    response = send(client, url)
+
+    problem(response, 503, "idempotency_storage_unavailable")
+    assert orders() == 0
