@@ -8,6 +8,7 @@ import copy
 import inspect
 import sys
 import types
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -114,3 +115,18 @@ async def close_orm_thread_connections() -> AsyncIterator[None]:
     and would keep the test database from being dropped at the end of the run."""
     yield
     await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def redis_store() -> Iterator[Any]:
+    """A ``RedisStorage`` on the test Redis (the ``idempotency`` cache) with a
+    key prefix of its own, so tests never see each other's records; its keys
+    are deleted afterwards. Skips where the ``redis`` extra is not installed."""
+    pytest.importorskip("django_redis", reason="the redis extra is not installed")
+    from django_idempotency.storage import RedisStorage
+
+    store = RedisStorage(cache_alias="idempotency", key_prefix=f"test-{uuid.uuid4().hex}")
+    yield store
+    client = store.client()
+    for redis_key in client.scan_iter(match=f"{store.key_prefix}:*"):
+        client.delete(redis_key)

@@ -8,7 +8,6 @@ concurrency) runs on Redis in ``test_storage_contract.py``.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -29,12 +28,8 @@ DEAD = "idempotency_down"
 
 
 @pytest.fixture
-def store() -> Iterator[RedisStorage]:
-    storage = RedisStorage(cache_alias=CACHE, key_prefix=f"test-{uuid.uuid4().hex}")
-    yield storage
-    client = storage.client()
-    for redis_key in client.scan_iter(match=f"{storage.key_prefix}:*"):
-        client.delete(redis_key)
+def store(redis_store: RedisStorage) -> RedisStorage:
+    return redis_store
 
 
 @pytest.fixture

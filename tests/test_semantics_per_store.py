@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,18 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(params=["database", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[BaseStorage]:
+def store(request: pytest.FixtureRequest) -> BaseStorage:
     if request.param == "database":
-        yield DatabaseStorage()
-        return
-    pytest.importorskip("django_redis", reason="the redis extra is not installed")
-    from django_idempotency.storage import RedisStorage
-
-    redis_store = RedisStorage(cache_alias="idempotency", key_prefix=f"test-{uuid.uuid4().hex}")
-    yield redis_store
-    client = redis_store.client()
-    for redis_key in client.scan_iter(match=f"{redis_store.key_prefix}:*"):
-        client.delete(redis_key)
+        return DatabaseStorage()
+    redis_store: BaseStorage = request.getfixturevalue("redis_store")
+    return redis_store
 
 
 Protect = Callable[..., str]

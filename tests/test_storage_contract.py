@@ -71,14 +71,7 @@ def storage(
     if request.param == "database":
         yield DatabaseStorage()
     elif request.param == "redis":
-        pytest.importorskip("django_redis", reason="the redis extra is not installed")
-        from django_idempotency.storage import RedisStorage
-
-        store = RedisStorage(cache_alias="idempotency", key_prefix=f"test-{uuid.uuid4().hex}")
-        yield store
-        client = store.client()
-        for redis_key in client.scan_iter(match=f"{store.key_prefix}:*"):
-            client.delete(redis_key)
+        yield request.getfixturevalue("redis_store")
     elif request.param == "redis-cluster":
         ports = request.getfixturevalue("redis_cluster_ports")
         from django_idempotency.storage import RedisStorage
