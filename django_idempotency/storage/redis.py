@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import import_string
+from django_redis import get_redis_connection
+from django_redis.cache import RedisCache
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage.base import BaseStorage, Claim, Record, RequestKey, StorageError
@@ -76,10 +80,9 @@ return redis.call('DEL', KEYS[1])
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM, COMPLETE, RELEASE)}
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisClusterException, RedisError
-
-    return (RedisError, RedisClusterException, OSError)
+# What a store that is down, slow or full raises; the store answers StorageError.
+# (This module is imported only when RedisStorage is used: see storage/__init__.py.)
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class RedisStorage(BaseStorage):
@@ -151,17 +154,9 @@ class RedisStorage(BaseStorage):
                 )
             ]
         try:
-            from django_redis.cache import RedisCache
-
             backend = import_string(config.get("BACKEND", ""))
-        except ImportError as exc:
-            return [
-                checks.Error(
-                    f"The idempotency storage needs django-redis: {exc}.",
-                    hint="pip install 'django-idempotency[redis]'",
-                    id="django_idempotency.E021",
-                )
-            ]
+        except ImportError:
+            backend = None
         if not (isinstance(backend, type) and issubclass(backend, RedisCache)):
             return [
                 checks.Error(
@@ -186,8 +181,6 @@ class RedisStorage(BaseStorage):
                 self._cluster_client = RedisCluster.from_url(url, **options)  # type: ignore[assignment]
             assert self._cluster_client is not None
             return self._cluster_client
-        from django_redis import get_redis_connection
-
         client: Redis = get_redis_connection(self.cache_alias)
         return client
 
@@ -253,12 +246,10 @@ class RedisStorage(BaseStorage):
         try:
             client = self.client()
             return _evalsha(client, script, self.redis_key(key), args)
-        except _redis_errors() as exc:
+        except REDIS_ERRORS as exc:
             raise StorageError(f"Redis: {exc}") from exc
 
     async def _arun(self, script: str, key: RequestKey, *args: Any) -> Any:
-        from redis.exceptions import NoScriptError
-
         redis_key = self.redis_key(key)
         try:
             client = await self.async_client()
@@ -266,13 +257,11 @@ class RedisStorage(BaseStorage):
                 return await client.evalsha(_SHA[script], 1, redis_key, *args)
             except NoScriptError:
                 return await client.eval(script, 1, redis_key, *args)
-        except _redis_errors() as exc:
+        except REDIS_ERRORS as exc:
             raise StorageError(f"Redis: {exc}") from exc
 
 
 def _evalsha(client: Redis, script: str, redis_key: str, args: tuple[Any, ...]) -> Any:
-    from redis.exceptions import NoScriptError
-
     try:
         return client.evalsha(_SHA[script], 1, redis_key, *args)
     except NoScriptError:  # the first call on this server, or after a restart
@@ -280,8 +269,6 @@ def _evalsha(client: Redis, script: str, redis_key: str, args: tuple[Any, ...]) 
 
 
 def _token() -> str:
-    import uuid
-
     return uuid.uuid4().hex
 
 
