@@ -1,11 +1,13 @@
 """The decisions: what a protected request gets, in one place.
 
-:class:`Idempotency` is the configured protection of one view. Its ``handle``
-and ``ahandle`` are the only code that talks to a store, one for sync views
-and one for async ones; both are thin drivers over :class:`Exchange`, which
-takes every decision (run, replay, refuse, wait, store or release) without
-doing any I/O of its own. Adapters (such as the view decorator) wrap this
-class; none of them takes a decision of its own.
+:class:`Idempotency` is the configured protection of one view, and the only
+code that talks to a store. It runs a request in three stages: ``enter``
+(claim the key, or answer instead of the view), then ``finish`` with the
+view's response or ``abort`` if the view raised; each has an async twin.
+``handle`` and ``ahandle`` run the three around a view function. Every
+decision (run, replay, refuse, wait, store or release) is taken by
+:class:`Exchange`, which does no I/O of its own. Adapters (the view
+decorator, the DRF mixin) call these stages; none takes a decision of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
 from django_idempotency import conf, signals
-from django_idempotency.conf import Policy
+from django_idempotency.conf import ErrorResponse, Policy
 from django_idempotency.errors import (
     IdempotencyError,
     KeyInUse,
@@ -61,13 +63,26 @@ EXCHANGE_ATTRIBUTE = "idempotency_exchange"
 class Exchange:
     """One protected request: its key, its claim, and every decision about it."""
 
-    def __init__(self, request: HttpRequest, policy: Policy, key: RequestKey) -> None:
+    def __init__(
+        self,
+        request: HttpRequest,
+        policy: Policy,
+        key: RequestKey,
+        errors: ErrorResponse | None = None,
+    ) -> None:
         self.request = request
         self.policy = policy
         self.key = key
+        self.errors = errors
         self.token: str | None = None
         self._deadline: float | None = None
         self._delay = WAIT_FIRST_DELAY
+
+    @property
+    def claim_token(self) -> str:
+        """The token of the claim this request owns (only once it won it)."""
+        assert self.token is not None, "the request does not own a claim"
+        return self.token
 
     # -- before the view -------------------------------------------------------
 
@@ -164,19 +179,28 @@ class Exchange:
     # -- helpers ---------------------------------------------------------------
 
     def error(self, error: IdempotencyError) -> HttpResponseBase:
-        return render_error(self.request, self.policy, error)
+        return render_error(self.request, self.policy, error, self.errors)
 
     def _signal(self, signal: Any, event: str, level: int) -> None:
         logger.log(level, "Idempotency key %s. key=%s", event, self.key.log_id)
         signal.send(sender=type(self.policy.storage), request=self.request, key=self.key)
 
 
-def render_error(request: HttpRequest, policy: Policy, error: IdempotencyError) -> HttpResponseBase:
-    renderer = policy.error_response or problem_response
+def render_error(
+    request: HttpRequest,
+    policy: Policy,
+    error: IdempotencyError,
+    errors: ErrorResponse | None = None,
+) -> HttpResponseBase:
+    """The response for ``error``: the ``error_response`` option if set, else
+    the adapter's own ``errors`` renderer, else problem+json."""
+    renderer = policy.error_response or errors or problem_response
     return renderer(request, error)
 
 
-def start(request: HttpRequest, policy: Policy) -> Exchange | HttpResponseBase | None:
+def start(
+    request: HttpRequest, policy: Policy, errors: ErrorResponse | None = None
+) -> Exchange | HttpResponseBase | None:
     """Before any I/O: an :class:`Exchange` to protect, an error response, or
     None when the request passes through unprotected (another method, no key
     where none is required, or a request already protected further out)."""
@@ -189,10 +213,12 @@ def start(request: HttpRequest, policy: Policy) -> Exchange | HttpResponseBase |
                 raise KeyMissing()
             return None
     except IdempotencyError as error:
-        return render_error(request, policy, error)
+        return render_error(request, policy, error, errors)
     scope = policy.scope_func(request)
     fingerprint = policy.fingerprint_func(request)
-    return Exchange(request, policy, RequestKey(scope=scope, key=key, fingerprint=fingerprint))
+    return Exchange(
+        request, policy, RequestKey(scope=scope, key=key, fingerprint=fingerprint), errors
+    )
 
 
 def protects(request: HttpRequest, policy: Policy) -> bool:
@@ -222,102 +248,141 @@ class Idempotency:
             self._generation = generation
         return self._policy
 
-    def handle(
-        self, request: HttpRequest, view: View, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        """Run a sync view under the protection."""
-        exchange = start(request, self.policy)
+    # -- the stages, for adapters that run the view themselves ------------------
+    #
+    # ``enter`` before the view, then ``finish`` with its response or ``abort``
+    # if it raised. The DRF mixin calls them from DRF's own stages; ``handle``
+    # and ``ahandle`` are the whole sequence around a view function.
+
+    def enter(
+        self, request: HttpRequest, *, errors: ErrorResponse | None = None
+    ) -> Exchange | HttpResponseBase | None:
+        """Claim the key of ``request``: an :class:`Exchange` that owns the
+        claim (run the view, then :meth:`finish` or :meth:`abort`), a response
+        to answer with instead of the view's, or None to run the view
+        unprotected. ``errors`` renders this package's errors when the
+        ``error_response`` option does not."""
+        exchange = start(request, self.policy, errors)
         if not isinstance(exchange, Exchange):
-            return exchange if exchange is not None else view(request, *args, **kwargs)
+            return exchange
         storage = exchange.policy.storage
         ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
         while True:
             try:
                 claim = storage.claim(exchange.key, ttl=ttl, lease=lease)
             except StorageError as exc:
-                answer = exchange.on_storage_error(exc)
-                return answer if answer is not None else view(request, *args, **kwargs)
+                return exchange.on_storage_error(exc)
             decision = exchange.on_claim(claim)
             if not isinstance(decision, float):
-                break
+                return exchange if decision is None else decision
             time.sleep(decision)
-        if decision is not None:
-            return decision
-        token = exchange.token
-        assert token is not None
-        try:
-            response = view(request, *args, **kwargs)
-        except BaseException:
-            self._release(exchange, token, "exception")
-            raise
-        if not exchange.keeps(response):
-            self._release(exchange, token, f"status {response.status_code}")
-        elif not defer_until_rendered(
-            response,
-            partial(self._complete, exchange, token),
-            partial(self._release, exchange, token, "template rendering failed"),
-        ):
-            self._complete(exchange, token, response)
-        return response
 
-    async def ahandle(
-        self, request: HttpRequest, view: AsyncView, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        """Run an async view under the protection; the mirror of :meth:`handle`.
+    async def aenter(
+        self, request: HttpRequest, *, errors: ErrorResponse | None = None
+    ) -> Exchange | HttpResponseBase | None:
+        """:meth:`enter` for async views.
 
         ``start`` runs in a thread: the default scope reads ``request.user``,
         which may query the session and user tables."""
         policy = self.policy
         if not protects(request, policy):
-            return await view(request, *args, **kwargs)
-        exchange = await sync_to_async(start)(request, policy)
+            return None
+        exchange = await sync_to_async(start)(request, policy, errors)
         if not isinstance(exchange, Exchange):
-            return exchange if exchange is not None else await view(request, *args, **kwargs)
+            return exchange
         storage = exchange.policy.storage
         ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
         while True:
             try:
                 claim = await storage.aclaim(exchange.key, ttl=ttl, lease=lease)
             except StorageError as exc:
-                answer = exchange.on_storage_error(exc)
-                return answer if answer is not None else await view(request, *args, **kwargs)
+                return exchange.on_storage_error(exc)
             decision = exchange.on_claim(claim)
             if not isinstance(decision, float):
-                break
+                return exchange if decision is None else decision
             await asyncio.sleep(decision)
-        if decision is not None:
-            return decision
-        token = exchange.token
-        assert token is not None
+
+    def finish(self, exchange: Exchange, response: HttpResponseBase) -> None:
+        """The view answered ``response``: complete the key with it (once it
+        is rendered, for template responses), or release the key if the
+        response does not count as done."""
+        if not exchange.keeps(response):
+            self.abort(exchange, f"status {response.status_code}")
+        elif not defer_until_rendered(
+            response,
+            partial(self._complete, exchange),
+            partial(self.abort, exchange, "rendering failed"),
+        ):
+            self._complete(exchange, response)
+
+    async def afinish(self, exchange: Exchange, response: HttpResponseBase) -> None:
+        """:meth:`finish` for async views."""
+        if not exchange.keeps(response):
+            await self.aabort(exchange, f"status {response.status_code}")
+        elif not defer_until_rendered(
+            response,
+            partial(self._complete, exchange),
+            partial(self.abort, exchange, "rendering failed"),
+        ):
+            await self._acomplete(exchange, response)
+
+    @staticmethod
+    def abort(exchange: Exchange, reason: str) -> None:
+        """Release the key without a response, so that a retry runs the view."""
+        try:
+            exchange.policy.storage.release(exchange.key, exchange.claim_token)
+        except StorageError as exc:
+            exchange.finish_failed(exc, "release")
+        else:
+            exchange.released(reason)
+
+    @staticmethod
+    async def aabort(exchange: Exchange, reason: str) -> None:
+        """:meth:`abort` for async views."""
+        try:
+            await exchange.policy.storage.arelease(exchange.key, exchange.claim_token)
+        except StorageError as exc:
+            exchange.finish_failed(exc, "release")
+        else:
+            exchange.released(reason)
+
+    # -- the whole sequence around a view function ------------------------------
+
+    def handle(
+        self, request: HttpRequest, view: View, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        """Run a sync view under the protection."""
+        entered = self.enter(request)
+        if not isinstance(entered, Exchange):
+            return entered if entered is not None else view(request, *args, **kwargs)
+        try:
+            response = view(request, *args, **kwargs)
+        except BaseException:
+            self.abort(entered, "exception")
+            raise
+        self.finish(entered, response)
+        return response
+
+    async def ahandle(
+        self, request: HttpRequest, view: AsyncView, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        """Run an async view under the protection; the mirror of :meth:`handle`."""
+        entered = await self.aenter(request)
+        if not isinstance(entered, Exchange):
+            return entered if entered is not None else await view(request, *args, **kwargs)
         try:
             response = await view(request, *args, **kwargs)
         except BaseException:
-            await self._arelease(exchange, token, "exception")
+            await self.aabort(entered, "exception")
             raise
-        if not exchange.keeps(response):
-            await self._arelease(exchange, token, f"status {response.status_code}")
-        elif not defer_until_rendered(
-            response,
-            partial(self._complete, exchange, token),
-            partial(self._release, exchange, token, "template rendering failed"),
-        ):
-            await self._acomplete(exchange, token, response)
+        await self.afinish(entered, response)
         return response
 
     @staticmethod
-    def _complete(exchange: Exchange, token: str, response: HttpResponseBase) -> None:
+    def _complete(exchange: Exchange, response: HttpResponseBase) -> None:
         try:
-            done = exchange.policy.storage.complete(exchange.key, token, exchange.stored(response))
-        except StorageError as exc:
-            exchange.finish_failed(exc, "completion")
-        else:
-            exchange.completed(done)
-
-    @staticmethod
-    async def _acomplete(exchange: Exchange, token: str, response: HttpResponseBase) -> None:
-        try:
-            done = await exchange.policy.storage.acomplete(
-                exchange.key, token, exchange.stored(response)
+            done = exchange.policy.storage.complete(
+                exchange.key, exchange.claim_token, exchange.stored(response)
             )
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
@@ -325,19 +390,12 @@ class Idempotency:
             exchange.completed(done)
 
     @staticmethod
-    def _release(exchange: Exchange, token: str, reason: str) -> None:
+    async def _acomplete(exchange: Exchange, response: HttpResponseBase) -> None:
         try:
-            exchange.policy.storage.release(exchange.key, token)
+            done = await exchange.policy.storage.acomplete(
+                exchange.key, exchange.claim_token, exchange.stored(response)
+            )
         except StorageError as exc:
-            exchange.finish_failed(exc, "release")
+            exchange.finish_failed(exc, "completion")
         else:
-            exchange.released(reason)
-
-    @staticmethod
-    async def _arelease(exchange: Exchange, token: str, reason: str) -> None:
-        try:
-            await exchange.policy.storage.arelease(exchange.key, token)
-        except StorageError as exc:
-            exchange.finish_failed(exc, "release")
-        else:
-            exchange.released(reason)
+            exchange.completed(done)
