@@ -209,6 +209,9 @@ OPTIONS: dict[str, Option] = {
 
 SETTING_NAMES = frozenset(option.setting for option in OPTIONS.values())
 
+#: The options a view may set for itself (all but ``storage_options``).
+PER_VIEW_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.per_view)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -260,17 +263,26 @@ def user_settings() -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate per-view keyword arguments; raise ``TypeError`` or ``OptionError``."""
+def _keyword(name: str) -> str:
+    return f"idempotent({name}=...)"
+
+
+def parse_overrides(
+    overrides: Mapping[str, Any], label: Callable[[str], str] = _keyword
+) -> dict[str, Any]:
+    """Validate per-view options; raise ``TypeError`` or ``OptionError``.
+
+    ``label`` names an option in error messages, as the adapter spells it
+    (``idempotent(ttl=...)``, ``OrderViewSet.idempotency_ttl``)."""
     parsed: dict[str, Any] = {}
     for name, value in overrides.items():
         option = OPTIONS.get(name)
         if option is None or not option.per_view:
-            raise TypeError(f"idempotent() got an unexpected keyword argument {name!r}")
+            raise TypeError(f"{label(name)}: there is no per-view option {name!r}")
         try:
             parsed[name] = option.parse(value)
         except OptionError as exc:
-            raise OptionError(f"idempotent({name}=...): {exc}") from None
+            raise OptionError(f"{label(name)}: {exc}") from None
     if "ttl" in parsed or "lock_timeout" in parsed:
         # Checked again when the view is used, since settings may change.
         try:
@@ -281,7 +293,7 @@ def parse_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         lock_timeout = parsed.get("lock_timeout", defaults.get("lock_timeout"))
         problem = lease_problem(ttl, lock_timeout) if ttl and lock_timeout else None
         if problem:
-            raise OptionError(f"idempotent(): {problem}")
+            raise OptionError(f"{label('lock_timeout')}: {problem}")
     return parsed
 
 

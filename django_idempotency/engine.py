@@ -226,10 +226,6 @@ def protects(request: HttpRequest, policy: Policy) -> bool:
     return request.method in policy.methods and not hasattr(request, EXCHANGE_ATTRIBUTE)
 
 
-View = Callable[..., HttpResponseBase]
-AsyncView = Callable[..., Awaitable[HttpResponseBase]]
-
-
 class Idempotency:
     """The protection of one view: its options, parsed once and checked at
     decoration time, and the drivers that run a request through a store."""
@@ -349,14 +345,18 @@ class Idempotency:
     # -- the whole sequence around a view function ------------------------------
 
     def handle(
-        self, request: HttpRequest, view: View, *args: Any, **kwargs: Any
+        self,
+        request: HttpRequest,
+        call: Callable[[], HttpResponseBase],
+        *,
+        errors: ErrorResponse | None = None,
     ) -> HttpResponseBase:
-        """Run a sync view under the protection."""
-        entered = self.enter(request)
+        """Run a sync view under the protection: ``call()`` runs it."""
+        entered = self.enter(request, errors=errors)
         if not isinstance(entered, Exchange):
-            return entered if entered is not None else view(request, *args, **kwargs)
+            return entered if entered is not None else call()
         try:
-            response = view(request, *args, **kwargs)
+            response = call()
         except BaseException:
             self.abort(entered, "exception")
             raise
@@ -364,14 +364,18 @@ class Idempotency:
         return response
 
     async def ahandle(
-        self, request: HttpRequest, view: AsyncView, *args: Any, **kwargs: Any
+        self,
+        request: HttpRequest,
+        call: Callable[[], Awaitable[HttpResponseBase]],
+        *,
+        errors: ErrorResponse | None = None,
     ) -> HttpResponseBase:
         """Run an async view under the protection; the mirror of :meth:`handle`."""
-        entered = await self.aenter(request)
+        entered = await self.aenter(request, errors=errors)
         if not isinstance(entered, Exchange):
-            return entered if entered is not None else await view(request, *args, **kwargs)
+            return entered if entered is not None else await call()
         try:
-            response = await view(request, *args, **kwargs)
+            response = await call()
         except BaseException:
             await self.aabort(entered, "exception")
             raise

@@ -61,6 +61,16 @@ INSTALLED_APPS = [
     "django_idempotency",
     "demo",
 ]
+# The optional integrations, where installed (the core-only test run has neither).
+# IDEMPOTENCY_TEST_CORE_ONLY=1 leaves them out even where they are installed.
+HAS_DRF = importlib.util.find_spec("rest_framework") is not None and not _env_flag(
+    "IDEMPOTENCY_TEST_CORE_ONLY"
+)
+HAS_SPECTACULAR = HAS_DRF and importlib.util.find_spec("drf_spectacular") is not None
+if HAS_DRF:
+    INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken"]
+if HAS_SPECTACULAR:
+    INSTALLED_APPS += ["drf_spectacular"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -184,6 +194,19 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+
+# Django REST framework -----------------------------------------------------------------------
+
+REST_FRAMEWORK: dict[str, Any] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+}
+if HAS_SPECTACULAR:
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 
 
 # django-idempotency: the defaults -------------------------------------------------------

@@ -1,0 +1,64 @@
+"""``@idempotent`` on DRF views, in either place it can be put.
+
+Above ``@api_view`` (or on ``SomeAPIView.as_view()``), the decorator gets a
+finished Django view and rebuilds it from a subclass of its APIView with
+:class:`IdempotencyMixin` first: the protection then runs at the mixin's
+stages, after DRF's authentication, permissions and throttling.
+
+Below ``@api_view`` (or through ``method_decorator`` on an APIView method),
+it wraps the handler itself, which DRF calls after those checks; exceptions
+of the handler go through the view's ``handle_exception()`` first, so that a
+``ValidationError`` is the same stored 400 it is under the mixin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from django.http import HttpResponseBase
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from django_idempotency.engine import Idempotency
+from django_idempotency.rest_framework.exceptions import error_renderer
+from django_idempotency.rest_framework.mixins import ATTRIBUTE_PREFIX, IdempotencyMixin
+
+
+def protect_as_view(view_func: Any, options: Mapping[str, Any]) -> Callable[..., Any]:
+    """``view_func`` (the result of ``as_view()``) rebuilt with the mixin and
+    ``options`` as its ``idempotency_*`` attributes."""
+    cls: type[APIView] = view_func.cls
+    if issubclass(cls, IdempotencyMixin):
+        raise TypeError(
+            f"idempotent(): {cls.__qualname__} is already protected by IdempotencyMixin; "
+            "set its options as idempotency_* class attributes instead."
+        )
+    attributes: dict[str, Any] = {ATTRIBUTE_PREFIX + name: value for name, value in options.items()}
+    attributes["__module__"] = cls.__module__
+    attributes["__qualname__"] = cls.__qualname__
+    attributes["__doc__"] = cls.__doc__
+    protected: Any = type(cls.__name__, (IdempotencyMixin, cls), attributes)
+    actions = getattr(view_func, "actions", None)
+    if actions is not None:  # a viewset's view: as_view({"post": "create"}, ...)
+        return protected.as_view(actions, **view_func.initkwargs)  # type: ignore[no-any-return]
+    return protected.as_view(**view_func.initkwargs)  # type: ignore[no-any-return]
+
+
+def handle_in_view(
+    protection: Idempotency, request: Request, call: Callable[[], HttpResponseBase]
+) -> HttpResponseBase:
+    """Run a DRF handler under ``protection``, exceptions handled as DRF would."""
+    view: APIView = request.parser_context["view"]
+    return protection.handle(
+        request, partial(_exceptions_handled, view, call), errors=error_renderer(view)
+    )
+
+
+def _exceptions_handled(view: APIView, call: Callable[[], HttpResponseBase]) -> HttpResponseBase:
+    try:
+        return call()
+    except Exception as exc:
+        response: HttpResponseBase = view.handle_exception(exc)
+        return response
