@@ -15,7 +15,8 @@ from django_idempotency import conf
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E001 not a dict, E002 unknown key, E003 bad value, E004 storage,
-    E005 lock_timeout not below ttl; then the store's own checks."""
+    E005 lock_timeout not below ttl, E006 ATOMIC with a store that cannot;
+    then the store's own checks."""
     configured = getattr(settings, conf.SETTINGS_NAME, {})
     if not isinstance(configured, Mapping):
         return [
@@ -77,5 +78,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         )
     else:
-        messages.extend(storage.check())
+        problem = conf.atomic_problem(storage) if values["atomic"] else None
+        if problem:
+            messages.append(
+                Error(
+                    f"{conf.SETTINGS_NAME}['ATOMIC']: {problem}.",
+                    hint="Turn ATOMIC off, or keep the keys in the view's database.",
+                    id="django_idempotency.E006",
+                )
+            )
+        messages.extend(storage.check(atomic=values["atomic"]))
     return messages

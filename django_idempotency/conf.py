@@ -204,6 +204,7 @@ OPTIONS: dict[str, Option] = {
         Option("error_response", None, _optional_callable),
         Option("fail_open", False, _bool),
         Option("max_body_size", 1024 * 1024, _size),
+        Option("atomic", False, _bool),
     )
 }
 
@@ -237,6 +238,7 @@ class Policy:
     error_response: ErrorResponse | None
     fail_open: bool
     max_body_size: int
+    atomic: bool
     replayable_headers: frozenset[str] = field(default=frozenset())
 
 
@@ -305,6 +307,17 @@ def lease_problem(ttl: float, lock_timeout: float) -> str | None:
     return None
 
 
+def atomic_problem(storage: BaseStorage) -> str | None:
+    """Why ``atomic=True`` cannot work with ``storage``, or None."""
+    if not storage.supports_atomic:
+        return (
+            f"atomic=True commits the view's writes and the key in one database "
+            f"transaction, which {type(storage).__name__} cannot take part in; "
+            "use DatabaseStorage on the view's database"
+        )
+    return None
+
+
 def global_options() -> dict[str, Any]:
     """The parsed settings dict, defaults filled in; cached."""
     cached = _cache.get("global")
@@ -349,6 +362,9 @@ def build_policy(overrides: Mapping[str, Any]) -> Policy:
         raise OptionError(f"{SETTINGS_NAME} and idempotent() options: {problem}")
     values.pop("storage_options")
     values["storage"] = get_storage(values["storage"])
+    problem = atomic_problem(values["storage"]) if values["atomic"] else None
+    if problem:
+        raise OptionError(f"{SETTINGS_NAME} and idempotent() options: {problem}")
     header = values["header"]
     values["header_meta"] = "HTTP_" + header.upper().replace("-", "_")
     values["replayable_headers"] = frozenset(

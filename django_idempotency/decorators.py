@@ -46,6 +46,12 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
 
             return protect_as_view(view_func, options)  # type: ignore[return-value]
         if iscoroutinefunction(view_func):
+            if protection.overrides.get("atomic"):
+                raise TypeError(
+                    f"idempotent(atomic=True) cannot protect the async view "
+                    f"{view_func.__qualname__}: Django cannot hold a transaction open "
+                    "across an async view."
+                )
 
             @wraps(view_func)
             async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:

@@ -17,10 +17,12 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 
 from django_idempotency import conf, signals
@@ -39,9 +41,10 @@ from django_idempotency.responses import (
     StoredResponse,
     capture,
     defer_until_rendered,
+    render_now,
     replay,
 )
-from django_idempotency.storage.base import Claim, RequestKey, StorageError
+from django_idempotency.storage.base import Claim, RequestKey, StorageError, StoreTransaction
 
 logger = logging.getLogger("django_idempotency")
 
@@ -75,6 +78,9 @@ class Exchange:
         self.key = key
         self.errors = errors
         self.token: str | None = None
+        #: In atomic mode, the transaction of the view's writes, from the
+        #: claim until :meth:`Idempotency.finish` or :meth:`Idempotency.abort`.
+        self.transaction: StoreTransaction | None = None
         self._deadline: float | None = None
         self._delay = WAIT_FIRST_DELAY
 
@@ -152,6 +158,27 @@ class Exchange:
 
     def stored(self, response: HttpResponseBase) -> StoredResponse:
         return capture(response, self.policy)
+
+    def lease_lost(self) -> HttpResponseBase:
+        """Atomic mode: the claim was taken over before the view's commit, so
+        its writes were rolled back; the client retries and gets the other
+        request's answer."""
+        logger.warning(
+            "Idempotency claim lost before commit (the view outlived its lock_timeout "
+            "and another request took the key over); the view's writes were rolled "
+            "back. key=%s",
+            self.key.log_id,
+        )
+        return self.error(KeyInUse(headers={"Retry-After": RETRY_AFTER}))
+
+    def commit_failed(self, exc: StorageError) -> HttpResponseBase:
+        """Atomic mode: the transaction did not commit; nothing the view wrote stays."""
+        logger.error(
+            "Idempotency transaction failed (%s); the view's writes were rolled back. key=%s",
+            exc,
+            self.key.log_id,
+        )
+        return self.error(StorageUnavailable(headers={"Retry-After": RETRY_AFTER}))
 
     def completed(self, stored: bool) -> None:
         if stored:
@@ -261,17 +288,27 @@ class Idempotency:
         exchange = start(request, self.policy, errors)
         if not isinstance(exchange, Exchange):
             return exchange
-        storage = exchange.policy.storage
-        ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
+        policy = exchange.policy
+        storage = policy.storage
         while True:
             try:
-                claim = storage.claim(exchange.key, ttl=ttl, lease=lease)
+                with storage.independent() if policy.atomic else nullcontext():
+                    claim = storage.claim(exchange.key, ttl=policy.ttl, lease=policy.lock_timeout)
             except StorageError as exc:
                 return exchange.on_storage_error(exc)
             decision = exchange.on_claim(claim)
             if not isinstance(decision, float):
-                return exchange if decision is None else decision
+                break
             time.sleep(decision)
+        if decision is not None:
+            return decision
+        if policy.atomic:
+            try:
+                exchange.transaction = storage.begin()
+            except StorageError as exc:
+                self.abort(exchange, "transaction failed to start")
+                return exchange.commit_failed(exc)
+        return exchange
 
     async def aenter(
         self, request: HttpRequest, *, errors: ErrorResponse | None = None
@@ -283,6 +320,11 @@ class Idempotency:
         policy = self.policy
         if not protects(request, policy):
             return None
+        if policy.atomic:
+            raise ImproperlyConfigured(
+                "atomic=True is for sync views: Django cannot hold a transaction "
+                "open across an async view. Protect this view without atomic."
+            )
         exchange = await sync_to_async(start)(request, policy, errors)
         if not isinstance(exchange, Exchange):
             return exchange
@@ -298,10 +340,13 @@ class Idempotency:
                 return exchange if decision is None else decision
             await asyncio.sleep(decision)
 
-    def finish(self, exchange: Exchange, response: HttpResponseBase) -> None:
+    def finish(self, exchange: Exchange, response: HttpResponseBase) -> HttpResponseBase:
         """The view answered ``response``: complete the key with it (once it
         is rendered, for template responses), or release the key if the
-        response does not count as done."""
+        response does not count as done. Return the response to send, which
+        is the view's but in atomic mode when its commit fails."""
+        if exchange.transaction is not None:
+            return self._finish_atomic(exchange, exchange.transaction, response)
         if not exchange.keeps(response):
             self.abort(exchange, f"status {response.status_code}")
         elif not defer_until_rendered(
@@ -310,9 +355,59 @@ class Idempotency:
             partial(self.abort, exchange, "rendering failed"),
         ):
             self._complete(exchange, response)
+        return response
 
-    async def afinish(self, exchange: Exchange, response: HttpResponseBase) -> None:
-        """:meth:`finish` for async views."""
+    @staticmethod
+    def answered_exception(exchange: Exchange) -> None:
+        """The view raised an exception that the adapter turned into its
+        response (DRF's exception handling): in atomic mode, what the view
+        wrote is rolled back, as an exception leaving ``atomic()`` would be,
+        and the key completes with that response alone."""
+        if exchange.transaction is not None:
+            exchange.transaction.set_rollback_only()
+
+    def _finish_atomic(
+        self, exchange: Exchange, transaction: StoreTransaction, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        """Complete the key inside the view's transaction, then commit both."""
+        if not exchange.keeps(response):
+            self.abort(exchange, f"status {response.status_code}")
+            return response
+        try:
+            render_now(response)  # the stored body must be in this transaction
+        except BaseException as exc:
+            self.abort(exchange, "rendering failed", exc)
+            raise
+        if transaction.rollback_only:
+            # The view's writes are to be undone (it raised an exception its
+            # framework answered, see answered_exception()): store the answer alone.
+            exchange.transaction = None
+            transaction.rollback()
+            with exchange.policy.storage.independent():
+                self._complete(exchange, response)
+            return response
+        try:
+            done = exchange.policy.storage.complete(
+                exchange.key, exchange.claim_token, exchange.stored(response)
+            )
+        except StorageError as exc:
+            self.abort(exchange, "completion failed")
+            return exchange.commit_failed(exc)
+        if not done:
+            exchange.transaction = None
+            transaction.rollback()
+            return exchange.lease_lost()
+        exchange.transaction = None
+        try:
+            transaction.commit()
+        except StorageError as exc:
+            self.abort(exchange, "commit failed")
+            return exchange.commit_failed(exc)
+        exchange.completed(True)
+        return response
+
+    async def afinish(self, exchange: Exchange, response: HttpResponseBase) -> HttpResponseBase:
+        """:meth:`finish` for async views (which have no atomic mode)."""
         if not exchange.keeps(response):
             await self.aabort(exchange, f"status {response.status_code}")
         elif not defer_until_rendered(
@@ -321,12 +416,20 @@ class Idempotency:
             partial(self.abort, exchange, "rendering failed"),
         ):
             await self._acomplete(exchange, response)
+        return response
 
     @staticmethod
-    def abort(exchange: Exchange, reason: str) -> None:
-        """Release the key without a response, so that a retry runs the view."""
+    def abort(exchange: Exchange, reason: str, raised: BaseException | None = None) -> None:
+        """Release the key without a response, so that a retry runs the view;
+        in atomic mode, roll back the view's writes first (``raised`` is the
+        exception that ended the view, if one did)."""
+        storage = exchange.policy.storage
+        transaction, exchange.transaction = exchange.transaction, None
         try:
-            exchange.policy.storage.release(exchange.key, exchange.claim_token)
+            if transaction is not None:
+                transaction.rollback(raised)
+            with storage.independent() if exchange.policy.atomic else nullcontext():
+                storage.release(exchange.key, exchange.claim_token)
         except StorageError as exc:
             exchange.finish_failed(exc, "release")
         else:
@@ -357,11 +460,10 @@ class Idempotency:
             return entered if entered is not None else call()
         try:
             response = call()
-        except BaseException:
-            self.abort(entered, "exception")
+        except BaseException as exc:
+            self.abort(entered, "exception", exc)
             raise
-        self.finish(entered, response)
-        return response
+        return self.finish(entered, response)
 
     async def ahandle(
         self,
@@ -379,8 +481,7 @@ class Idempotency:
         except BaseException:
             await self.aabort(entered, "exception")
             raise
-        await self.afinish(entered, response)
-        return response
+        return await self.afinish(entered, response)
 
     @staticmethod
     def _complete(exchange: Exchange, response: HttpResponseBase) -> None:

@@ -60,6 +60,13 @@ def defer_until_rendered(
     return True
 
 
+def render_now(response: HttpResponseBase) -> None:
+    """Render a ``TemplateResponse`` (or DRF ``Response``) that is not yet
+    rendered; Django skips rendering it again later."""
+    if not getattr(response, "is_rendered", True):
+        response.render()  # type: ignore[attr-defined]
+
+
 def capture(response: HttpResponseBase, policy: Policy) -> StoredResponse:
     """What to store of ``response`` under ``policy``."""
     if response.streaming or not isinstance(response, HttpResponse):

@@ -309,6 +309,27 @@ def test_w010_is_a_warning_the_check_command_prints(settings: Any, atomic_alias:
     assert "django_idempotency.W010" in out.getvalue() + err.getvalue()
 
 
+def test_no_w010_in_atomic_mode(settings: Any, atomic_alias: str) -> None:
+    """Atomic mode commits claims on a connection of their own."""
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": atomic_alias}, "ATOMIC": True}
+
+    assert _ids(checks.check_settings()) == []
+
+
+def test_e006_atomic_with_a_store_outside_the_database(settings: Any) -> None:
+    pytest.importorskip("django_redis")
+    settings.IDEMPOTENCY = {
+        "ATOMIC": True,
+        "STORAGE": "django_idempotency.storage.RedisStorage",
+        "STORAGE_OPTIONS": {"CACHE_ALIAS": "idempotency"},
+    }
+
+    messages = checks.check_settings()
+    assert _ids(messages) == ["django_idempotency.E006"]
+    assert "RedisStorage" in messages[0].msg
+    assert _ids(_run_checks()) == ["django_idempotency.E006"]
+
+
 def test_no_w010_on_an_alias_without_atomic_requests(atomic_alias: str) -> None:
     assert connections.settings["default"].get("ATOMIC_REQUESTS") is False
     assert DatabaseStorage(database="default").check() == []

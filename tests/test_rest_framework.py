@@ -664,3 +664,13 @@ def test_invalid_option_value_is_refused_with_its_attribute_name() -> None:
 def test_invalid_option_passed_to_as_view_is_refused() -> None:
     with pytest.raises(OptionError, match="idempotency_on_conflict"):
         Orders.as_view(idempotency_on_conflict=200)
+
+
+def test_every_per_view_option_is_an_attribute_of_the_mixin() -> None:
+    """So that each can be set on a class, by as_view() and by @action, which
+    DRF only accepts for attributes the view class has."""
+    from django_idempotency.conf import PER_VIEW_OPTIONS
+
+    declared = {name for name in vars(IdempotencyMixin) if name.startswith("idempotency_")}
+    assert declared == {f"idempotency_{name}" for name in PER_VIEW_OPTIONS}
+    assert all(getattr(IdempotencyMixin, name) is UNSET for name in declared)

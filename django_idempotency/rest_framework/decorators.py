@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -51,6 +52,12 @@ def handle_in_view(
 ) -> HttpResponseBase:
     """Run a DRF handler under ``protection``, exceptions handled as DRF would."""
     view: APIView = request.parser_context["view"]
+    if protection.policy.atomic:
+        raise ImproperlyConfigured(
+            "atomic=True cannot protect a DRF handler from inside: the response is "
+            "rendered after the handler returns, outside its transaction. Put "
+            "@idempotent above @api_view, or use IdempotencyMixin."
+        )
     return protection.handle(
         request, partial(_exceptions_handled, view, call), errors=error_renderer(view)
     )

@@ -93,6 +93,7 @@ class IdempotencyMixin(_Base):
     idempotency_error_response: Any = UNSET
     idempotency_fail_open: bool | _Unset = UNSET
     idempotency_max_body_size: int | _Unset = UNSET
+    idempotency_atomic: bool | _Unset = UNSET
 
     #: The engine and the exchange of the claim this request owns, from
     #: ``initial()`` until the key is completed or released.
@@ -201,13 +202,17 @@ class IdempotencyMixin(_Base):
         if isinstance(exc, _Answer):
             return exc.response
         try:
-            return super().handle_exception(exc)
+            response = super().handle_exception(exc)
         except BaseException:
             claim, self._idempotency_claim = self._idempotency_claim, None
             if claim is not None:
                 idempotency, exchange = claim
-                idempotency.abort(exchange, "exception")
+                idempotency.abort(exchange, "exception", exc)
             raise
+        if self._idempotency_claim is not None:
+            idempotency, exchange = self._idempotency_claim
+            idempotency.answered_exception(exchange)
+        return response
 
     def finalize_response(  # type: ignore[override]
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
@@ -216,7 +221,7 @@ class IdempotencyMixin(_Base):
         claim, self._idempotency_claim = self._idempotency_claim, None
         if claim is not None:
             idempotency, exchange = claim
-            idempotency.finish(exchange, response)
+            response = idempotency.finish(exchange, response)
         return response
 
     def _idempotency_handled(self, request: Request) -> bool:

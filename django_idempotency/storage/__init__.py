@@ -16,6 +16,7 @@ from django_idempotency.storage.base import (
     Record,
     RequestKey,
     StorageError,
+    StoreTransaction,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "RedisStorage",
     "RequestKey",
     "StorageError",
+    "StoreTransaction",
 ]
 
 

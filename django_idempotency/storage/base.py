@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
@@ -75,6 +76,32 @@ class PurgeResult:
     batches: int
 
 
+class StoreTransaction:
+    """A transaction of the store opened for one request in atomic mode
+    (``atomic=True``): the view's own writes and the completion of its key go
+    into it, and are committed or rolled back together."""
+
+    @property
+    def rollback_only(self) -> bool:
+        """Whether something (such as DRF's exception handler) marked the
+        transaction to be rolled back: it cannot take the completion."""
+        raise NotImplementedError
+
+    def set_rollback_only(self) -> None:
+        """Mark the transaction to be rolled back (the view raised an
+        exception that its framework answered for it)."""
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Commit the view's writes and the completion; raise
+        :class:`StorageError` if the store refuses."""
+        raise NotImplementedError
+
+    def rollback(self, exc: BaseException | None = None) -> None:
+        """Roll everything back; ``exc`` is the exception that ends the view, if any."""
+        raise NotImplementedError
+
+
 class BaseStorage:
     """Base class of stores. Subclass it to keep keys elsewhere.
 
@@ -85,7 +112,14 @@ class BaseStorage:
 
     The ``a``-prefixed methods are the async versions; by default they run the
     sync ones in a thread. Stores with a native async client override them.
+
+    A store that shares a transaction with the view's own writes sets
+    ``supports_atomic`` and implements :meth:`begin` and :meth:`independent`
+    (atomic mode, ``atomic=True``).
     """
+
+    #: Whether :meth:`begin` opens a transaction the view's writes share.
+    supports_atomic: bool = False
 
     def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
         """Claim ``key`` for ``lease`` seconds, unless a live record exists.
@@ -111,6 +145,15 @@ class BaseStorage:
     def purge(self, *, batch_size: int, dry_run: bool = False) -> PurgeResult | None:
         """Delete expired records in batches; None if the store expires them itself."""
         return None
+
+    def begin(self) -> StoreTransaction:
+        """Open the transaction of an atomic-mode request (after its claim)."""
+        raise NotImplementedError(f"{type(self).__name__} has no atomic mode")
+
+    def independent(self) -> AbstractContextManager[None]:
+        """A context in which claims and releases commit on their own, even
+        inside a transaction the request already has open (atomic mode)."""
+        return nullcontext()
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         """System check messages about this store's configuration."""

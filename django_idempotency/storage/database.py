@@ -10,13 +10,18 @@ by the database (:class:`DatabaseNow`), so workers' clocks never matter.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
-from django.db import DatabaseError, connections, router
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import request_finished
+from django.db import DatabaseError, connections, router, transaction
 from django.db.models import DateTimeField, Expression, Func, Q, Value
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import CombinedExpression
@@ -32,6 +37,7 @@ from django_idempotency.storage.base import (
     Record,
     RequestKey,
     StorageError,
+    StoreTransaction,
 )
 
 #: How often a claim retries when the record it ran into vanished meanwhile.
@@ -60,6 +66,97 @@ class DatabaseNow(Func):
         )
 
 
+# -- atomic mode -------------------------------------------------------------------
+
+#: The first word of a statement that writes.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "TRUNCATE")
+
+
+class WriteOutsideTransaction(ImproperlyConfigured):
+    """An atomic-mode view wrote to another database than the store's: that
+    write would not be part of the transaction that completes the key."""
+
+
+def _refuse_writes(alias: str, store_alias: str) -> Callable[..., Any]:
+    def guard(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().split(None, 1)[0].upper() in _WRITES:
+            raise WriteOutsideTransaction(
+                f"An atomic idempotent view wrote to the database {alias!r}, but its key "
+                f"is stored in {store_alias!r}: the write and the key cannot commit "
+                "together. Store the keys in the database the view writes to "
+                "(IDEMPOTENCY['STORAGE_OPTIONS'] = {'DATABASE': ...}), or do not use "
+                "atomic=True for this view."
+            )
+        return execute(sql, params, many, context)
+
+    return guard
+
+
+class DatabaseTransaction(StoreTransaction):
+    """``transaction.atomic()`` on the store's alias, opened by hand (it spans
+    DRF's stages), with writes to every other alias refused meanwhile."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self._stack = ExitStack()
+        try:
+            self._stack.enter_context(transaction.atomic(using=alias))
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+        for other in connections:
+            if other != alias:
+                self._stack.enter_context(
+                    connections[other].execute_wrapper(_refuse_writes(other, alias))
+                )
+
+    @property
+    def rollback_only(self) -> bool:
+        return bool(connections[self.alias].needs_rollback)
+
+    def set_rollback_only(self) -> None:
+        transaction.set_rollback(True, using=self.alias)
+
+    def commit(self) -> None:
+        try:
+            self._stack.close()
+        except DatabaseError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def rollback(self, exc: BaseException | None = None) -> None:
+        error = exc if exc is not None else _RolledBack()
+        try:
+            self._stack.__exit__(type(error), error, error.__traceback__)
+        except DatabaseError as db_error:
+            raise StorageError(str(db_error)) from db_error
+
+
+class _RolledBack(Exception):
+    """Handed to ``atomic.__exit__`` to roll back when nothing was raised."""
+
+
+# Per thread, per alias: the second connection that commits claims and
+# releases while the request's own connection is inside a transaction.
+_independent = threading.local()
+
+
+def _independent_connection(alias: str) -> Any:
+    opened: dict[str, Any] = _independent.__dict__.setdefault("connections", {})
+    connection = opened.get(alias)
+    if connection is None:
+        connection = opened[alias] = connections.create_connection(alias)
+    return connection
+
+
+def close_independent_connections(**kwargs: Any) -> None:
+    """Close this thread's second connections that are broken or past
+    ``CONN_MAX_AGE``, as Django does with its own at the end of a request."""
+    for connection in getattr(_independent, "connections", {}).values():
+        connection.close_if_unusable_or_obsolete()
+
+
+request_finished.connect(close_independent_connections)
+
+
 def _delete(queryset: Any) -> int:
     """One DELETE statement, without the transaction ``QuerySet.delete()``
     opens for its collector: the model has no relations and sends no signals."""
@@ -78,6 +175,8 @@ class DatabaseStorage(BaseStorage):
     ``database`` is the alias to use; by default, where the database routers
     send writes of :class:`~django_idempotency.models.IdempotencyKey`.
     """
+
+    supports_atomic = True
 
     def __init__(self, *, database: str | None = None) -> None:
         self._database = database
@@ -124,6 +223,38 @@ class DatabaseStorage(BaseStorage):
             raise StorageError(str(exc)) from exc
         return bool(deleted == 1)
 
+    def begin(self) -> StoreTransaction:
+        alias = self.alias
+        if not connections[alias].features.supports_transactions:
+            raise ImproperlyConfigured(
+                f"atomic=True needs transactions, and the database {alias!r} has none "
+                "(a MySQL table engine such as MyISAM): use InnoDB."
+            )
+        return DatabaseTransaction(alias)
+
+    @contextmanager
+    def independent(self) -> Iterator[None]:
+        """Inside a transaction (``ATOMIC_REQUESTS``, or the view's caller's
+        ``atomic()``), run the statements on a second connection to the same
+        database, which commits them at once: concurrent duplicates must see
+        the claim, and a release must outlive a rollback."""
+        alias = self.alias
+        own = connections[alias]
+        if not own.in_atomic_block:
+            yield
+            return
+        if own.vendor == "sqlite":
+            raise ImproperlyConfigured(
+                f"atomic=True inside a transaction on {alias!r} needs a second connection "
+                "to commit the claim, and SQLite allows one writer at a time: turn "
+                "ATOMIC_REQUESTS off for this database, or use PostgreSQL or MariaDB."
+            )
+        connections[alias] = _independent_connection(alias)
+        try:
+            yield
+        finally:
+            connections[alias] = own
+
     def purge(self, *, batch_size: int, dry_run: bool = False) -> PurgeResult:
         """Delete expired records, ``batch_size`` at a time, never one with a
         live claim. Each batch is a SELECT of primary keys and a DELETE that
@@ -161,16 +292,18 @@ class DatabaseStorage(BaseStorage):
                 )
             ]
         alias = self.alias
-        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS"):
+        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS") and not kwargs.get("atomic"):
             return [
                 checks.Warning(
                     f"ATOMIC_REQUESTS is on for the database {alias!r} that stores "
                     "idempotency keys: claims commit only with the whole request, so "
                     "concurrent duplicates wait for the first instead of being answered.",
                     hint=(
-                        "Add a second DATABASES alias for the same database without "
-                        "ATOMIC_REQUESTS and set IDEMPOTENCY['STORAGE_OPTIONS'] = "
-                        "{'DATABASE': '<alias>'}."
+                        "Set IDEMPOTENCY['ATOMIC'] = True, which commits claims on a "
+                        "connection of their own and completes keys with the request's "
+                        "transaction; or add a second DATABASES alias for the same "
+                        "database without ATOMIC_REQUESTS and set "
+                        "IDEMPOTENCY['STORAGE_OPTIONS'] = {'DATABASE': '<alias>'}."
                     ),
                     id="django_idempotency.W010",
                 )

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from django.urls import path
+import os
+
+from django.urls import include, path
 
 from demo import views
 
@@ -12,3 +14,7 @@ urlpatterns = [
     path("slow/orders/conflict/", views.create_order_slowly_conflict, name="orders-slow-conflict"),
     path("short-lived/orders/", views.create_order_short_lived, name="orders-short-lived"),
 ]
+
+# Endpoints that kill their worker mid-request, for the crash tests only.
+if os.environ.get("IDEMPOTENCY_TEST_FAULTS") == "1":
+    urlpatterns += [path("", include("demo.faults"))]

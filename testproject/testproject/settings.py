@@ -161,7 +161,12 @@ if os.environ.get("IDEMPOTENCY_TEST_DB_NAME"):
 if os.environ.get("IDEMPOTENCY_DB_NAME_OVERRIDE"):
     _default_db["NAME"] = os.environ["IDEMPOTENCY_DB_NAME_OVERRIDE"]
 
-DATABASES = {"default": _default_db}
+DATABASES = {
+    "default": _default_db,
+    # The same database under a second alias: atomic mode refuses a view's
+    # writes through another alias than the store's, and the tests show it.
+    "secondary": {**_default_db, "TEST": {**_default_db.get("TEST", {}), "MIRROR": "default"}},
+}
 
 
 # Caches: a django-redis cache for the Redis store, where django-redis is installed ---------
