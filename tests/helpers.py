@@ -210,6 +210,50 @@ def only_http_200(response: HttpResponseBase) -> bool:
     return response.status_code == 200
 
 
+# -- the same view behind the DRF mixin ----------------------------------------------------------
+
+
+def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False) -> View:
+    """``view`` served by a DRF view with ``IdempotencyMixin`` and ``options``.
+
+    As an ``APIView`` (the default), the options are ``idempotency_*`` class
+    attributes and every method calls ``view``. As a ``ViewSet``, they come
+    from ``get_idempotency_*()`` methods, and the actions (create, update,
+    partial_update, destroy, list) call ``view``. ``view`` gets DRF's request,
+    which has everything the helpers' views read. Anyone may call it; the
+    session authenticates ``client.force_login()`` users.
+    """
+    from rest_framework.authentication import SessionAuthentication
+    from rest_framework.permissions import AllowAny
+    from rest_framework.views import APIView
+    from rest_framework.viewsets import ViewSet
+
+    from django_idempotency.rest_framework import IdempotencyMixin
+
+    def handler(self: Any, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        return view(request, *args, **kwargs)
+
+    attributes: dict[str, Any] = {
+        "authentication_classes": [SessionAuthentication],
+        "permission_classes": [AllowAny],
+    }
+    if not viewset:
+        for method in ("get", "post", "put", "patch", "delete"):
+            attributes[method] = handler
+        for name, value in options.items():
+            attributes[f"idempotency_{name}"] = value
+        return type("Endpoint", (IdempotencyMixin, APIView), attributes).as_view()  # type: ignore[no-any-return]
+
+    actions = {"get": "list", "post": "create", "put": "update", "patch": "partial_update"}
+    actions["delete"] = "destroy"
+    for action in actions.values():
+        attributes[action] = handler
+    for name, value in options.items():
+        attributes[f"get_idempotency_{name}"] = lambda self, value=value: value
+    endpoints = type("Endpoints", (IdempotencyMixin, ViewSet), attributes)
+    return endpoints.as_view(actions)  # type: ignore[no-any-return]
+
+
 # -- claims made on the store directly -----------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from helpers import (
     answering,
     counting,
     create_order,
+    drf_protected,
     external_reference,
     in_flight_claim,
     only_http_200,
@@ -92,16 +93,23 @@ def _reset_counting_storage() -> None:
 Configure = Callable[..., Callable[..., Any]]
 
 
-@pytest.fixture(params=["decorator", "setting"])
+@pytest.fixture(params=["decorator", "setting", "apiview", "viewset"])
 def configure(
     request: pytest.FixtureRequest, idempotency_settings: Callable[..., None]
 ) -> Configure:
     """``configure(view, **options)``: the view protected with ``options``, given
-    to the decorator or, after decorating, set in ``IDEMPOTENCY``."""
+    to the decorator or, after decorating, set in ``IDEMPOTENCY``; or served by
+    a DRF ``APIView`` with the mixin and the options as ``idempotency_*``
+    attributes, or by a ``ViewSet`` with the mixin and the options returned by
+    ``get_idempotency_*()`` methods."""
+    if request.param in ("apiview", "viewset"):
+        pytest.importorskip("rest_framework")
 
     def make(view: Callable[..., Any], **options: Any) -> Callable[..., Any]:
         if request.param == "decorator":
             return idempotent(**options)(view)
+        if request.param in ("apiview", "viewset"):
+            return drf_protected(view, options, viewset=request.param == "viewset")
         protected = idempotent(view)
         idempotency_settings(**{name.upper(): value for name, value in options.items()})
         return protected

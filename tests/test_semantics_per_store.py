@@ -1,8 +1,9 @@
-"""The decorator's semantics, on every store.
+"""The semantics of a protected view, on every store and through every adapter.
 
-The same requests through ``@idempotent`` on the database store and on the
-Redis store must be answered alike: a store is a detail of where records
-live, never of what a client gets.
+The same requests through ``@idempotent`` and through the DRF mixin, on the
+database store and on the Redis store, must be answered alike: a store is a
+detail of where records live, and an adapter of how a view is declared, never
+of what a client gets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
-from helpers import create_order, in_flight_claim, orders, problem, replayed, send
+from helpers import create_order, drf_protected, in_flight_claim, orders, problem, replayed, send
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.responses import StoredResponse
@@ -36,11 +37,18 @@ def store(request: pytest.FixtureRequest) -> BaseStorage:
 Protect = Callable[..., str]
 
 
-@pytest.fixture
-def protect(serve: Callable[..., str], store: BaseStorage) -> Protect:
-    """``protect(view, **options)``: the view behind ``@idempotent`` on ``store``."""
+@pytest.fixture(params=["decorator", "mixin"])
+def protect(
+    request: pytest.FixtureRequest, serve: Callable[..., str], store: BaseStorage
+) -> Protect:
+    """``protect(view, **options)``: the view behind ``@idempotent``, or
+    served by a DRF APIView with ``IdempotencyMixin``, on ``store``."""
+    if request.param == "mixin":
+        pytest.importorskip("rest_framework")
 
     def mount(view: Callable[..., Any], **options: Any) -> str:
+        if request.param == "mixin":
+            return serve(drf_protected(view, {"storage": store, **options}))
         return serve(idempotent(storage=store, **options)(view))
 
     return mount
