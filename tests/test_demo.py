@@ -10,8 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from demo.models import Order
@@ -64,6 +66,11 @@ def keys_sent(output: str) -> list[str]:
     return [m.group(1) for line in output.splitlines() if (m := KEY_LINE.match(line))]
 
 
+#: What step 7 (Django REST framework) answers, where DRF is installed.
+DRF_ANSWERS = [(201, False), (201, True), (422, False)] if django_settings.HAS_DRF else []
+DRF_DELTAS = [1, 0, 0] if django_settings.HAS_DRF else []
+
+
 def run_demo(*args: str) -> str:
     out = StringIO()
     call_command("idempotency_demo", *args, stdout=out, no_color=True)
@@ -85,8 +92,9 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
         (201, False),  # 5. short-lived key: first request
         (201, True),  # 5. replayed before it expires
         (201, False),  # 5. after expiry: runs again
+        *DRF_ANSWERS,  # 7. the DRF viewset: created, replayed, mismatch
     ]
-    first, replay, mismatch, in_use, slow, slow_replay, short, short_replay, expired = seen
+    first, replay, mismatch, in_use, slow, slow_replay, short, short_replay, expired = seen[:9]
     assert replay.body == first.body
     assert replay.headers["Location"] == first.headers["Location"]
     assert slow_replay.body == slow.body
@@ -99,19 +107,30 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
     assert '"code": "idempotency_key_in_use"' in in_use.body
 
     # One count after each answer; the 409 comes before the first request's order.
-    assert order_deltas(output) == [1, 0, 0, 0, 1, 0, 1, 0, 1]
+    assert order_deltas(output) == [1, 0, 0, 0, 1, 0, 1, 0, 1, *DRF_DELTAS]
     assert "1 expired key would be deleted (dry run)." in output
     assert "Deleted 1 expired key in 1 batch." in output
-    assert output.rstrip().endswith("9 requests sent; the views ran 4 times and created 4 orders.")
+    drf = 1 if django_settings.HAS_DRF else 0
+    assert output.rstrip().endswith(
+        f"{9 + 3 * drf} requests sent; the views ran {4 + drf} times and created {4 + drf} orders."
+    )
 
-    assert sorted(Order.objects.values_list("item", flat=True)) == [
-        "coffee",
-        "croissant",
-        "croissant",
-        "espresso",
-    ]
-    # The purge removed the expired short-lived key; the two others remain.
-    assert IdempotencyKey.objects.count() == 2
+    assert sorted(Order.objects.values_list("item", flat=True)) == sorted(
+        ["coffee", "croissant", "croissant", "espresso"] + ["flat white"] * drf
+    )
+    # The purge removed the expired short-lived key; the others remain.
+    assert IdempotencyKey.objects.count() == 2 + drf
+    if drf:
+        created, replay_api, _ = seen[9:]
+        assert replay_api.body == created.body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_rest_framework_step_7_says_how_to_see_it(settings: Any) -> None:
+    settings.HAS_DRF = False
+    output = run_demo("--skip-slow")
+    assert 'python -m pip install -e ".[drf]"' in output
+    assert [a.status for a in answers(output)] == [201, 201, 422]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -119,18 +138,19 @@ def test_each_run_uses_its_own_keys() -> None:
     first_run = run_demo("--skip-slow")
     second_run = run_demo("--skip-slow")
 
+    drf = 1 if django_settings.HAS_DRF else 0
     for output in (first_run, second_run):
         assert [(a.status, a.replayed) for a in answers(output)] == [
             (201, False),
             (201, True),
             (422, False),
+            *DRF_ANSWERS,
         ]
-        assert order_deltas(output) == [1, 0, 0]
-        assert output.rstrip().endswith(
-            "3 requests sent; the views ran 1 time and created 1 order."
-        )
+        assert order_deltas(output) == [1, 0, 0, *DRF_DELTAS]
+        runs = "1 time and created 1 order" if not drf else "2 times and created 2 orders"
+        assert output.rstrip().endswith(f"{3 + 3 * drf} requests sent; the views ran {runs}.")
     assert set(keys_sent(first_run)).isdisjoint(keys_sent(second_run))
-    assert Order.objects.count() == 2
+    assert Order.objects.count() == 2 * (1 + drf)
 
 
 def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
@@ -155,6 +175,26 @@ def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert [a.status for a in answers(result.stdout)] == [201, 201, 422]
-    assert order_deltas(result.stdout) == [1, 0, 0]
+    statuses = [201, 201, 422, *(status for status, _ in DRF_ANSWERS)]
+    assert [a.status for a in answers(result.stdout)] == statuses
+    assert order_deltas(result.stdout) == [1, 0, 0, *DRF_DELTAS]
     assert database.exists()
+
+
+@pytest.mark.django_db
+def test_demo_api_endpoints(client: Any) -> None:
+    pytest.importorskip("rest_framework")
+    from helpers import problem, replayed, send
+
+    created = send(client, "/api/orders/")
+    order_id = created.json()["id"]
+    repeat = f"/api/orders/{order_id}/repeat/"
+    problem(send(client, repeat, {}, key=None), 400, "idempotency_key_missing")
+    copy = send(client, repeat, {}, key="repeat-1")
+    assert copy.status_code == 201
+    assert replayed(send(client, repeat, {}, key="repeat-1"))
+
+    function = send(client, "/api/function/orders/", key="function-1")
+    assert function.status_code == 201
+    assert replayed(send(client, "/api/function/orders/", key="function-1"))
+    assert Order.objects.count() == 3

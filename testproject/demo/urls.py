@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.urls import include, path
 
 from demo import views
@@ -14,6 +15,20 @@ urlpatterns = [
     path("slow/orders/conflict/", views.create_order_slowly_conflict, name="orders-slow-conflict"),
     path("short-lived/orders/", views.create_order_short_lived, name="orders-short-lived"),
 ]
+
+# Django REST framework endpoints, where it is installed.
+if settings.HAS_DRF:
+    from rest_framework.routers import SimpleRouter
+
+    from demo import api
+
+    router = SimpleRouter()
+    router.register("api/orders", api.OrderViewSet, basename="api-orders")
+    urlpatterns += [
+        *router.urls,
+        path("api/slow/orders/", api.SlowOrders.as_view(), name="api-orders-slow"),
+        path("api/function/orders/", api.create_order, name="api-orders-function"),
+    ]
 
 # Endpoints that kill their worker mid-request, for the crash tests only.
 if os.environ.get("IDEMPOTENCY_TEST_FAULTS") == "1":

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from io import StringIO
 from typing import Any
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, connections
@@ -47,8 +48,8 @@ HEADER = "Idempotency-Key"
 class Command(BaseCommand):
     help = (
         "Walk through idempotent requests on the demo endpoints: a first request, "
-        "a replay, a key reused with another body, a concurrent duplicate, expiry "
-        "and purge. Migrates the database first."
+        "a replay, a key reused with another body, a concurrent duplicate, expiry, "
+        "purge, and a DRF viewset. Migrates the database first."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -81,6 +82,7 @@ class Command(BaseCommand):
                     self.step_concurrent_duplicate()
                     self.step_expiry()
                 self.step_purge(wait=not skip_slow)
+                self.step_rest_framework()
         finally:
             key_claimed.disconnect(self._on_claim)
         self._summary()
@@ -179,6 +181,24 @@ class Command(BaseCommand):
         self.purge("--dry-run")
         self.purge()
         self.stdout.write(f"  idempotency keys stored: {IdempotencyKey.objects.count()}")
+
+    def step_rest_framework(self) -> None:
+        self.heading(7, "the same with Django REST framework")
+        if not settings.HAS_DRF:
+            self.explain(
+                "Django REST framework is not installed; to see this step: "
+                'python -m pip install -e ".[drf]"'
+            )
+            return
+        self.explain(
+            "/api/orders/ is a ModelViewSet with IdempotencyMixin: the key is claimed "
+            "after DRF's authentication and throttling, and the rendered response is "
+            "replayed byte for byte."
+        )
+        key = self.key("api")
+        self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 1})
+        self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 1})
+        self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 2})
 
     # -- requests and their display --------------------------------------------
 
