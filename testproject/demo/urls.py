@@ -29,6 +29,10 @@ if settings.HAS_DRF:
         path("api/slow/orders/", api.SlowOrders.as_view(), name="api-orders-slow"),
         path("api/function/orders/", api.create_order, name="api-orders-function"),
     ]
+if settings.HAS_SPECTACULAR:
+    from drf_spectacular.views import SpectacularAPIView
+
+    urlpatterns += [path("api/schema/", SpectacularAPIView.as_view(), name="api-schema")]
 
 # Endpoints that kill their worker mid-request, for the crash tests only.
 if os.environ.get("IDEMPOTENCY_TEST_FAULTS") == "1":
