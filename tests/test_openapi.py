@@ -12,7 +12,6 @@ from django.test import override_settings
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.decorators import action, api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,15 +19,10 @@ from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView, exception_handler
 from rest_framework.viewsets import ModelViewSet
 
+from demo.api import OrderSerializer
 from demo.models import Order
 from django_idempotency.decorators import idempotent
 from django_idempotency.rest_framework import IdempotencyMixin
-
-
-class OrderSerializer(serializers.ModelSerializer[Order]):
-    class Meta:
-        model = Order
-        fields = ["id", "item", "quantity"]
 
 
 class Orders(IdempotencyMixin, APIView):

@@ -1119,6 +1119,8 @@ class TestViewOptionBeatsSetting:
         ("required", 1),
         ("required", "yes"),
         ("fail_open", None),
+        ("atomic", "yes"),
+        ("atomic", 1),
         ("on_conflict", 200),
         ("on_conflict", 600),
         ("on_conflict", "later"),

@@ -25,11 +25,11 @@ from django.test import Client, RequestFactory, override_settings
 from django.urls import include
 from factories import UserFactory
 from helpers import KEY, ORDER, orders, problem, replayed, send
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.authentication import BaseAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action, api_view
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException
 from rest_framework.parsers import BaseParser, MultiPartParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
@@ -40,6 +40,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView, exception_handler
 from rest_framework.viewsets import ModelViewSet
 
+from demo.api import OrderSerializer
 from demo.models import Order
 from django_idempotency.conf import OptionError
 from django_idempotency.decorators import idempotent
@@ -57,17 +58,6 @@ def _clear_throttles() -> None:
 
 
 # -- views -------------------------------------------------------------------------------------
-
-
-class OrderSerializer(serializers.ModelSerializer[Order]):
-    class Meta:
-        model = Order
-        fields = ["id", "item", "quantity"]
-
-    def validate_quantity(self, value: int) -> int:
-        if value < 1:
-            raise ValidationError("Order at least one.")
-        return value
 
 
 def create(request: Request) -> Response:
