@@ -217,16 +217,16 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
     """``view`` served by a DRF view with ``IdempotencyMixin`` and ``options``.
 
     As an ``APIView`` (the default), the options are ``idempotency_*`` class
-    attributes and every method calls ``view``. As a ``ViewSet``, they come
-    from ``get_idempotency_*()`` methods, and the actions (create, update,
-    partial_update, destroy, list) call ``view``. ``view`` gets DRF's request,
+    attributes and every method calls ``view``. As a ``ModelViewSet``, they
+    come from ``get_idempotency_*()`` methods, and its actions (create,
+    update, partial_update, destroy, list) call ``view``. ``view`` gets DRF's request,
     which has everything the helpers' views read. Anyone may call it; the
     session authenticates ``client.force_login()`` users.
     """
     from rest_framework.authentication import SessionAuthentication
     from rest_framework.permissions import AllowAny
     from rest_framework.views import APIView
-    from rest_framework.viewsets import ViewSet
+    from rest_framework.viewsets import ModelViewSet
 
     from django_idempotency.rest_framework import IdempotencyMixin
 
@@ -250,7 +250,8 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
         attributes[action] = handler
     for name, value in options.items():
         attributes[f"get_idempotency_{name}"] = lambda self, value=value: value
-    endpoints = type("Endpoints", (IdempotencyMixin, ViewSet), attributes)
+    attributes["queryset"] = Order.objects.none()
+    endpoints = type("Endpoints", (IdempotencyMixin, ModelViewSet), attributes)
     return endpoints.as_view(actions)  # type: ignore[no-any-return]
 
 

@@ -100,8 +100,8 @@ def configure(
     """``configure(view, **options)``: the view protected with ``options``, given
     to the decorator or, after decorating, set in ``IDEMPOTENCY``; or served by
     a DRF ``APIView`` with the mixin and the options as ``idempotency_*``
-    attributes, or by a ``ViewSet`` with the mixin and the options returned by
-    ``get_idempotency_*()`` methods."""
+    attributes, or by a ``ModelViewSet`` with the mixin and the options
+    returned by ``get_idempotency_*()`` methods."""
     if request.param in ("apiview", "viewset"):
         pytest.importorskip("rest_framework")
 
