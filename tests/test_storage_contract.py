@@ -14,11 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import redis_cluster
 from django.db import connections
+from django.utils import timezone
 from helpers import LEASE, TTL, claim_token, new_key
 
 from django_idempotency.keys import MAX_KEY_LENGTH
@@ -146,6 +148,26 @@ def test_second_claim_gets_the_in_progress_record_with_its_fingerprint(
     assert again.record.state == "in_progress"
     assert again.record.fingerprint == "fp-first"
     assert again.record.response is None
+
+
+def test_a_worker_whose_clock_is_a_day_ahead_cannot_take_over_a_live_claim(
+    storage: BaseStorage, make_key: Callable[..., RequestKey], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases are measured by the store's clock. A worker whose own clock
+    runs a day ahead (every clock Python offers it: time.time, time.monotonic
+    and Django's timezone.now) still sees the first claim as live."""
+    key = make_key()
+    claim_token(storage, key, lease=LEASE)
+    real_time, real_monotonic, real_now = time.time, time.monotonic, timezone.now
+    monkeypatch.setattr(time, "time", lambda: real_time() + 86400)
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 86400)
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(days=1))
+
+    late = storage.claim(key, ttl=TTL, lease=LEASE)
+
+    assert not late.claimed
+    assert late.record is not None
+    assert late.record.state == "in_progress"
 
 
 def test_claim_with_another_fingerprint_gets_the_first_requests_fingerprint(

@@ -145,6 +145,7 @@ STORMS = [
 
 
 @pytest.mark.storm
+@pytest.mark.reliability
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("store", ["database", "redis"])
 @pytest.mark.parametrize(("path", "mode"), STORMS)

@@ -13,6 +13,8 @@ request fingerprint, so they are retries of the same request:
     that commit also completed the key; otherwise it did not.
 ``after-response``
     once the response is sent (``request_finished``).
+
+``/faults/open/orders/`` is the same view with ``fail_open=True``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from django.core.signals import request_finished
@@ -51,6 +54,10 @@ request_finished.connect(_die_after_response)
 
 
 def create_order(request: HttpRequest) -> HttpResponse:
+    """Write an order, then take ``X-Delay`` seconds, and answer with the
+    status ``X-Answer-Status`` (201 by default), unless told to crash.
+    Headers, unlike the query string, are not part of the request's
+    fingerprint: a retry without them is a retry of the same request."""
     point = request.headers.get("X-Crash-At")
     order = Order.objects.create(item=request.GET.get("item", "crash"))
     if point == "before-commit":
@@ -58,7 +65,8 @@ def create_order(request: HttpRequest) -> HttpResponse:
     if point == "after-commit":
         transaction.on_commit(_die)
     _finishing.crash = point == "after-response"
-    return JsonResponse({"id": order.pk}, status=201)
+    time.sleep(min(float(request.headers.get("X-Delay", "0")), 10.0))
+    return JsonResponse({"id": order.pk}, status=int(request.headers.get("X-Answer-Status", "201")))
 
 
 urlpatterns = [
@@ -66,6 +74,11 @@ urlpatterns = [
         "faults/orders/",
         csrf_exempt(idempotent(lock_timeout=LOCK_TIMEOUT)(create_order)),
         name="faults-orders",
+    ),
+    path(
+        "faults/open/orders/",
+        csrf_exempt(idempotent(lock_timeout=LOCK_TIMEOUT, fail_open=True)(create_order)),
+        name="faults-open-orders",
     ),
     path(
         "faults/atomic/orders/",

@@ -218,6 +218,23 @@ if HAS_SPECTACULAR:
 
 IDEMPOTENCY: dict[str, Any] = {}
 
+# IDEMPOTENCY_TEST_STORE_DB_PORT keeps keys in the same database reached through
+# another port (the fault tests' proxy, which they cut and restore), so that
+# the store can fail while the view's own database stays up.
+if os.environ.get("IDEMPOTENCY_TEST_STORE_DB_PORT"):
+    DATABASES["idempotency_store"] = {
+        **_default_db,
+        "HOST": "127.0.0.1",
+        "PORT": os.environ["IDEMPOTENCY_TEST_STORE_DB_PORT"],
+        "TEST": {"MIRROR": "default"},
+    }
+    if TEST_DATABASE != "sqlite":
+        DATABASES["idempotency_store"]["OPTIONS"] = {
+            **_default_db.get("OPTIONS", {}),
+            "connect_timeout": 2,
+        }
+    IDEMPOTENCY["STORAGE_OPTIONS"] = {"DATABASE": "idempotency_store"}
+
 # IDEMPOTENCY_TEST_STORE=redis keeps keys in Redis instead (the multi-process
 # tests start server pools this way), under IDEMPOTENCY_TEST_REDIS_PREFIX.
 if os.environ.get("IDEMPOTENCY_TEST_STORE") == "redis":

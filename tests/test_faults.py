@@ -1,0 +1,280 @@
+"""Faults under a real server pool: killed workers, outlived leases, and a
+store that becomes unreachable mid-run and comes back.
+
+Each store runs behind a TCP proxy (:mod:`proxy`) that the test cuts and
+restores: for the database store, the keys live in the test database reached
+through the proxy (a second alias), while the view's own writes go straight
+to it; for the Redis store, the cache's URL points at the proxy. A gunicorn
+pool (two processes) serves ``demo.faults``, whose view writes an order per
+run and is told by headers how long to take, what to answer, or where to die.
+Every request here sends the same key and body as its retries, and the orders
+counted in the database are the view's executions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import servers
+from django.conf import settings
+from django.db import connection
+from proxy import Proxy
+
+from demo.faults import LOCK_TIMEOUT
+from demo.models import Order
+
+pytestmark = [pytest.mark.reliability, pytest.mark.django_db(transaction=True)]
+
+PROTECTED = "/faults/orders/"
+FAIL_OPEN = "/faults/open/orders/"
+
+#: How long a client keeps retrying: the lease, a worker's restart, a margin.
+RETRY_FOR = LOCK_TIMEOUT + 20.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int | None
+    replayed: bool = False
+    body: bytes = b""
+
+    @property
+    def code(self) -> object:
+        try:
+            return json.loads(self.body).get("code")
+        except (ValueError, AttributeError):
+            return None
+
+    @property
+    def order(self) -> object:
+        try:
+            return json.loads(self.body).get("id")
+        except (ValueError, AttributeError):
+            return None
+
+
+@dataclass
+class Rig:
+    store: str
+    proxy: Proxy
+    server: servers.Server
+
+    def post(self, path: str, key: str, **headers: str) -> Answer:
+        conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=30)
+        wire = {name.replace("_", "-"): value for name, value in headers.items()}
+        try:
+            conn.request("POST", path, body=b"{}", headers={"Idempotency-Key": key, **wire})
+            response = conn.getresponse()
+            body = response.read()
+            return Answer(
+                response.status, response.getheader("Idempotent-Replayed") == "true", body
+            )
+        except (OSError, http.client.HTTPException):
+            return Answer(None)
+        finally:
+            conn.close()
+
+    def retry_until_answered(self, path: str, key: str) -> list[Answer]:
+        """Retry as a client would, while the key is in use or no answer
+        comes, until another answer or :data:`RETRY_FOR` has passed."""
+        answers: list[Answer] = []
+        deadline = time.monotonic() + RETRY_FOR
+        while time.monotonic() < deadline:
+            answers.append(self.post(path, key))
+            if answers[-1].status not in (409, None):
+                break
+            time.sleep(0.2)
+        return answers
+
+
+@pytest.fixture(scope="module", params=["database", "redis"])
+def rig(
+    request: pytest.FixtureRequest, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[Rig]:
+    if connection.vendor == "sqlite":
+        pytest.skip("fault tests run against server databases (PostgreSQL, MariaDB)")
+    env = {"IDEMPOTENCY_TEST_FAULTS": "1"}
+    if request.param == "redis":
+        pytest.importorskip("django_redis", reason="the redis extra is not installed")
+        url = urlparse(settings.CACHES["idempotency"]["LOCATION"])
+        proxy = Proxy(url.hostname or "127.0.0.1", url.port or 6379)
+        env["IDEMPOTENCY_TEST_STORE"] = "redis"
+        env["IDEMPOTENCY_TEST_REDIS_PREFIX"] = f"faults-{uuid.uuid4().hex[:8]}"
+        env["IDEMPOTENCY_REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}"
+    else:
+        database = connection.settings_dict
+        proxy = Proxy(database["HOST"] or "127.0.0.1", int(database["PORT"]))
+        env["IDEMPOTENCY_TEST_STORE_DB_PORT"] = str(proxy.port)
+    server = servers.start(connection.settings_dict["NAME"], workers=2, threads=4, extra_env=env)
+    yield Rig(request.param, proxy, server)
+    server.stop()
+    server.cleanup()
+    proxy.close()
+
+
+@pytest.fixture
+def key(rig: Rig) -> Iterator[str]:
+    rig.proxy.restore()
+    yield f"fault-{uuid.uuid4().hex}"
+    rig.proxy.restore()
+
+
+def runs(path_item: str) -> int:
+    return Order.objects.filter(item=path_item).count()
+
+
+def path_for(base: str, key: str) -> tuple[str, str]:
+    item = f"item-{key}"
+    return f"{base}?item={item}", item
+
+
+# -- the store unreachable ------------------------------------------------------------------------
+
+
+def test_store_down_at_claim_fails_closed_then_recovers(rig: Rig, key: str) -> None:
+    path, item = path_for(PROTECTED, key)
+    rig.proxy.cut()
+    refused = rig.post(path, key)
+    rig.proxy.restore()
+    first = rig.post(path, key)
+    retry = rig.post(path, key)
+
+    print(
+        f"{rig.store}: store down at claim: {refused.status} {refused.code}; back: {first.status}"
+    )
+    assert refused.status == 503
+    assert refused.code == "idempotency_storage_unavailable"
+    assert first.status == 201
+    assert not first.replayed, "the refused request left something behind"
+    assert retry.replayed
+    assert retry.body == first.body
+    assert runs(item) == 1
+
+
+def test_store_down_at_claim_with_fail_open_runs_the_view_and_says_so(rig: Rig, key: str) -> None:
+    path, item = path_for(FAIL_OPEN, key)
+    rig.proxy.cut()
+    unprotected = rig.post(path, key)
+    rig.proxy.restore()
+    protected = rig.post(path, key)
+    retry = rig.post(path, key)
+
+    assert unprotected.status == 201
+    assert "running the view unprotected because fail_open is set" in rig.server.log()
+    assert protected.status == 201
+    assert not protected.replayed
+    assert retry.replayed
+    assert runs(item) == 2  # once unprotected, once protected
+
+
+def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
+    """The view ran and answered; its response could not be stored. The
+    claim stays (nothing half-written), so a retry gets 409 until the lease
+    ends and then runs the view again: the documented cost of an outage at
+    that moment (atomic mode closes it for writes in the same database)."""
+    path, item = path_for(PROTECTED, key)
+    answer: list[Answer] = []
+    first = threading.Thread(target=lambda: answer.append(rig.post(path, key, X_Delay="1.0")))
+    first.start()
+    time.sleep(0.5)
+    rig.proxy.cut()
+    first.join()
+    rig.proxy.restore()
+    started = time.monotonic()
+    retries = rig.retry_until_answered(path, key)
+    waited = time.monotonic() - started
+
+    statuses = [a.status for a in retries]
+    print(f"{rig.store}: store down at completion: first {answer[0].status}, retries {statuses}")
+    assert answer[0].status == 201
+    assert "store unavailable at completion" in rig.server.log()
+    assert statuses[0] == 409
+    assert statuses[-1] == 201
+    assert not retries[-1].replayed
+    assert waited < LOCK_TIMEOUT + 5, "the key stayed stuck past its lease"
+    assert runs(item) == 2
+
+
+def test_store_down_at_release_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
+    path, item = path_for(PROTECTED, key)
+    answer: list[Answer] = []
+
+    def failing() -> None:
+        answer.append(rig.post(path, key, X_Delay="1.0", X_Answer_Status="503"))
+
+    first = threading.Thread(target=failing)
+    first.start()
+    time.sleep(0.5)
+    rig.proxy.cut()
+    first.join()
+    rig.proxy.restore()
+    retries = rig.retry_until_answered(path, key)
+
+    statuses = [a.status for a in retries]
+    print(f"{rig.store}: store down at release: first {answer[0].status}, retries {statuses}")
+    assert answer[0].status == 503
+    assert "store unavailable at release" in rig.server.log()
+    assert statuses[0] == 409
+    assert statuses[-1] == 201
+    assert runs(item) == 2
+
+
+# -- workers that die or run late ---------------------------------------------------------------
+
+
+def test_worker_killed_mid_view_then_the_key_runs_once_after_its_lease(rig: Rig, key: str) -> None:
+    path, item = path_for(PROTECTED, key)
+    killed = rig.post(path, key, X_Crash_At="before-commit")
+    started = time.monotonic()
+    retries = rig.retry_until_answered(path, key)
+    waited = time.monotonic() - started
+    replay = rig.post(path, key)
+
+    statuses = [a.status for a in retries]
+    print(f"{rig.store}: worker killed: retries {statuses} over {waited:.1f} s")
+    assert killed.status is None
+    assert set(statuses[:-1]) <= {409, None}
+    assert statuses[-1] == 201
+    assert waited < LOCK_TIMEOUT + 10, "the key stayed stuck past its lease"
+    assert replay.replayed
+    assert replay.body == retries[-1].body
+    # The killed run's write was committed before it died; the retry's is the second.
+    assert runs(item) == 2
+
+
+def test_view_outliving_its_lease_cannot_overwrite_the_takeover(rig: Rig, key: str) -> None:
+    """A's view takes longer than the lease; B, a retry, takes the key over
+    and finishes first. A's late completion is refused (fencing): the stored
+    answer, which every later retry gets, is B's."""
+    path, item = path_for(PROTECTED, key)
+    slow: list[Answer] = []
+    first = threading.Thread(
+        target=lambda: slow.append(rig.post(path, key, X_Delay=str(LOCK_TIMEOUT + 1.5)))
+    )
+    first.start()
+    time.sleep(LOCK_TIMEOUT + 0.3)
+    takeover = rig.post(path, key)
+    first.join()
+    later = rig.post(path, key)
+
+    print(
+        f"{rig.store}: lease outlived: A got order {slow[0].order}, B got {takeover.order}, "
+        f"stored {later.order}"
+    )
+    assert takeover.status == 201
+    assert not takeover.replayed
+    assert slow[0].status == 201
+    assert slow[0].order != takeover.order
+    assert later.replayed
+    assert later.body == takeover.body, "the late first request overwrote the takeover's answer"
+    assert "claim lost before completion" in rig.server.log()
+    assert runs(item) == 2
