@@ -49,15 +49,15 @@ class Answer:
 
     @property
     def code(self) -> object:
-        try:
-            return json.loads(self.body).get("code")
-        except (ValueError, AttributeError):
-            return None
+        return self._member("code")
 
     @property
     def order(self) -> object:
+        return self._member("id")
+
+    def _member(self, name: str) -> object:
         try:
-            return json.loads(self.body).get("id")
+            return json.loads(self.body).get(name)
         except (ValueError, AttributeError):
             return None
 
