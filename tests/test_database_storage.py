@@ -86,7 +86,7 @@ def test_release_is_one_query() -> None:
 
 
 @pytest.mark.django_db
-def test_a_replay_is_three_queries() -> None:
+def test_a_replay_is_two_queries() -> None:
     storage = DatabaseStorage()
     key = new_key()
     token = claim_token(storage, key)
@@ -97,8 +97,26 @@ def test_a_replay_is_three_queries() -> None:
 
     assert record is not None
     assert record.response == RESPONSE
-    # The insert that loses, the take-over that finds nothing stale, the read.
+    # The insert that loses, the read of the live record.
+    assert len(queries) == 2, [q["sql"] for q in queries]
+    assert queries[1]["sql"].lstrip().upper().startswith("SELECT")
+
+
+@pytest.mark.django_db
+def test_a_takeover_is_three_queries() -> None:
+    """An abandoned claim of the same request: the insert that loses, the
+    read that finds the lease lapsed, and the conditional update."""
+    storage = DatabaseStorage()
+    key = new_key()
+    claim_token(storage, key, lease=0.05)
+    time.sleep(0.1)
+
+    with CaptureQueriesContext(connection) as queries:
+        claim = storage.claim(key, ttl=TTL, lease=LEASE)
+
+    assert claim.claimed
     assert len(queries) == 3, [q["sql"] for q in queries]
+    assert queries[2]["sql"].lstrip().upper().startswith("UPDATE")
 
 
 @pytest.mark.django_db

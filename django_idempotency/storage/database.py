@@ -22,7 +22,15 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
 from django.db import DatabaseError, connections, router, transaction
-from django.db.models import DateTimeField, Expression, Func, Q, Value
+from django.db.models import (
+    BooleanField,
+    DateTimeField,
+    Expression,
+    ExpressionWrapper,
+    Func,
+    Q,
+    Value,
+)
 from django.db.models.constants import OnConflict
 from django.db.models.expressions import CombinedExpression
 from django.db.models.sql import InsertQuery
@@ -193,11 +201,21 @@ class DatabaseStorage(BaseStorage):
             for _attempt in range(CLAIM_ATTEMPTS):
                 if self._insert(key, token, ttl=ttl, lease=lease):
                     return Claim(token=token)
+                # The digest exists. Read it: a live record (the common case,
+                # a duplicate) is the answer, in two statements in all.
+                record, lapsed = self._live_record(key)
+                stale = record is None or (
+                    lapsed
+                    and record.state == "in_progress"
+                    and record.fingerprint == key.fingerprint
+                )
+                if not stale:
+                    return Claim(record=record)
+                # Expired, or an abandoned claim of this request: take it over
+                # with an UPDATE that checks the same conditions again, so a
+                # concurrent claim or completion in between wins instead.
                 if self._take_over(key, token, ttl=ttl, lease=lease):
                     return Claim(token=token)
-                record = self._live_record(key)
-                if record is not None:
-                    return Claim(record=record)
         except DatabaseError as exc:
             raise StorageError(str(exc)) from exc
         raise StorageError("the record kept changing while it was being claimed")
@@ -364,10 +382,16 @@ class DatabaseStorage(BaseStorage):
         )
         return bool(updated == 1)
 
-    def _live_record(self, key: RequestKey) -> Record | None:
+    def _live_record(self, key: RequestKey) -> tuple[Record | None, bool]:
+        """The record unless it expired, and whether its lease has lapsed."""
         rows = list(
             self._manager()
             .filter(digest=key.digest, expires_at__gt=DatabaseNow())
+            .annotate(
+                lapsed=ExpressionWrapper(
+                    Q(locked_until__lte=DatabaseNow()), output_field=BooleanField()
+                )
+            )
             .values_list(
                 "state",
                 "fingerprint",
@@ -375,11 +399,12 @@ class DatabaseStorage(BaseStorage):
                 "response_headers",
                 "response_body",
                 "replayable",
+                "lapsed",
             )[:1]
         )
         if not rows:
-            return None
-        state, fingerprint, status, headers, body, replayable = rows[0]
+            return None, False
+        state, fingerprint, status, headers, body, replayable, lapsed = rows[0]
         response = None
         if state == State.COMPLETED:
             response = StoredResponse(
@@ -388,4 +413,4 @@ class DatabaseStorage(BaseStorage):
                 body=bytes(body or b""),
                 replayable=replayable,
             )
-        return Record(state=state, fingerprint=fingerprint, response=response)
+        return Record(state=state, fingerprint=fingerprint, response=response), bool(lapsed)
