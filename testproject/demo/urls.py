@@ -37,3 +37,7 @@ if settings.HAS_SPECTACULAR:
 # Endpoints that kill their worker mid-request, for the crash tests only.
 if os.environ.get("IDEMPOTENCY_TEST_FAULTS") == "1":
     urlpatterns += [path("", include("demo.faults"))]
+
+# The benchmarks' endpoints (benchmarks/run.py).
+if os.environ.get("IDEMPOTENCY_BENCH") == "1":
+    urlpatterns += [path("", include("demo.bench"))]

@@ -1,0 +1,579 @@
+"""What idempotency costs: the same view, plain and protected, under load.
+
+    python benchmarks/run.py                       # PostgreSQL and MariaDB, Redis
+    python benchmarks/run.py --databases postgresql --rounds 3 --duration 3
+
+Needs the test extras and the machine's PostgreSQL, MariaDB and Redis (the
+services the test suite uses; see docs/contributing.rst). Not part of the test
+suite: it prints figures and ratios, and asserts nothing about speed.
+
+For each database, a gunicorn pool (4 gthread workers, as a small production
+setup) serves ``demo.bench``: one view that writes an order and answers about
+1 KB of JSON, mounted plain, behind ``@idempotent`` (database store, Redis
+store, and the database store in atomic mode), and as a DRF APIView plain
+and with ``IdempotencyMixin``. Load comes
+from client threads in this process, each on a keep-alive connection, every
+POST with a fresh key. The variants run in interleaved rounds, so that the
+machine's drift hits all of them alike, and each is reported as a ratio to the
+plain view of the same round. CPU per request is the whole machine's (server,
+database, Redis) minus this process's own.
+
+Then: replays against first executions, round trips per request counted in
+the database's statements and in Redis' command statistics, bytes per stored
+key, the duplicate storm, and (PostgreSQL) purging a million expired keys,
+alone and under traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "testproject"), str(ROOT / "tests")]
+
+import servers  # noqa: E402  (tests/servers.py: the gunicorn pool)
+
+BENCH_DB = "idempotency_bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+VARIANTS = {
+    "plain": "/bench/plain/",
+    "database": "/bench/database/",
+    "atomic": "/bench/atomic/",
+    "redis": "/bench/redis/",
+    "drf-plain": "/bench/drf/plain/",
+    "drf-database": "/bench/drf/database/",
+    "drf-redis": "/bench/drf/redis/",
+}
+BASELINE = {
+    "database": "plain",
+    "atomic": "plain",
+    "redis": "plain",
+    "drf-database": "drf-plain",
+    "drf-redis": "drf-plain",
+}
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far (all cores), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass
+class Sample:
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+    def add(self, other: Sample) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latencies += other.latencies
+        self.seconds += other.seconds
+        self.cpu += other.cpu
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu / self.requests * 1000 if self.requests else float("nan")
+
+
+def load(
+    server: servers.Server,
+    path: str,
+    *,
+    seconds: float,
+    concurrency: int,
+    key_for: Callable[[int, int], str] | None = None,
+) -> Sample:
+    """POST to ``path`` from ``concurrency`` threads for ``seconds``; each
+    request has a fresh key unless ``key_for(thread, n)`` says otherwise."""
+    deadline = time.monotonic() + seconds
+    results: list[Sample] = [Sample() for _ in range(concurrency)]
+
+    def client(index: int) -> None:
+        sample = results[index]
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        n = 0
+        while time.monotonic() < deadline:
+            key = key_for(index, n) if key_for else uuid.uuid4().hex
+            body = json.dumps({"item": f"bench-{index}"}).encode()
+            headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+            started = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status < 500
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+                ok = False
+            sample.latencies.append(time.perf_counter() - started)
+            sample.requests += 1
+            sample.errors += not ok
+            n += 1
+        conn.close()
+
+    cpu_before, own_before = machine_cpu_seconds(), time.process_time()
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = Sample(seconds=time.monotonic() - started)
+    for sample in results:
+        total.requests += sample.requests
+        total.errors += sample.errors
+        total.latencies += sample.latencies
+    total.cpu = (machine_cpu_seconds() - cpu_before) - (time.process_time() - own_before)
+    return total
+
+
+# -- the database and the pool ------------------------------------------------------------------
+
+
+def prepare_database(vendor: str) -> None:
+    """Create the benchmark database if needed, and migrate it."""
+    if vendor == "postgresql":
+        import psycopg
+
+        with psycopg.connect(
+            "host=127.0.0.1 user=postgres dbname=postgres", autocommit=True
+        ) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    else:
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", user="root", password="")
+        with conn.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE IF NOT EXISTS {BENCH_DB} CHARACTER SET utf8mb4")
+        conn.close()
+    subprocess.run(
+        [sys.executable, str(ROOT / "testproject" / "manage.py"), "migrate", "-v", "0"],
+        check=True,
+        env=os.environ,
+    )
+
+
+def setup_django(vendor: str) -> None:
+    os.environ.update(
+        IDEMPOTENCY_TEST_DATABASE=vendor,
+        IDEMPOTENCY_DB_NAME_OVERRIDE=BENCH_DB,
+        IDEMPOTENCY_BENCH="1",
+        DJANGO_SETTINGS_MODULE="testproject.settings",
+    )
+    import django
+
+    django.setup()
+
+
+@contextmanager
+def pool() -> Iterator[servers.Server]:
+    server = servers.start(BENCH_DB, workers=4, threads=8, extra_env={"IDEMPOTENCY_BENCH": "1"})
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def clear_tables() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in ("demo_order", "django_idempotency_idempotencykey"):
+            cursor.execute(f"DELETE FROM {table}")
+
+
+# -- the parts ----------------------------------------------------------------------------------
+
+
+def part_throughput(
+    server: servers.Server, variants: list[str], rounds: int, seconds: float, concurrency: int
+) -> dict[str, Sample]:
+    totals = {name: Sample() for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in variants if name in BASELINE}
+    for name in variants:  # warm every code path once
+        load(server, VARIANTS[name], seconds=0.5, concurrency=concurrency)
+    for number in range(rounds):
+        order = variants[:]
+        random.shuffle(order)
+        this_round = {}
+        for name in order:
+            this_round[name] = load(
+                server, VARIANTS[name], seconds=seconds, concurrency=concurrency
+            )
+            totals[name].add(this_round[name])
+        for name in ratios:
+            base = this_round[BASELINE[name]].throughput
+            ratios[name].append(this_round[name].throughput / base if base else 0.0)
+        line = ", ".join(f"{n} {this_round[n].throughput:.0f}/s" for n in variants)
+        print(f"  round {number + 1}: {line}")
+    print()
+    header = f"  {'variant':<13}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}"
+    print(header + f"{'x plain req/s':>15}{'x p99':>8}{'x CPU':>8}{'errors':>8}")
+    for name in variants:
+        sample = totals[name]
+        row = (
+            f"  {name:<13}{sample.throughput:>8.0f}{sample.percentile(50):>9.1f}"
+            f"{sample.percentile(99):>9.1f}{sample.cpu_ms:>12.2f}"
+        )
+        if name in BASELINE:
+            base = totals[BASELINE[name]]
+            median_ratio = statistics.median(ratios[name])
+            row += (
+                f"{median_ratio:>15.2f}"
+                f"{sample.percentile(99) / base.percentile(99):>8.2f}"
+                f"{sample.cpu_ms / base.cpu_ms:>8.2f}"
+            )
+        else:
+            row += f"{'':>15}{'':>8}{'':>8}"
+        print(row + f"{sample.errors:>8}")
+    return totals
+
+
+def part_replays(server: servers.Server, seconds: float, concurrency: int) -> None:
+    from demo.models import Order
+
+    path = VARIANTS["database"]
+    keys = [f"replay-{uuid.uuid4().hex}-{i}" for i in range(concurrency)]
+    first = load(server, path, seconds=seconds, concurrency=concurrency)
+    for index, key in enumerate(keys):  # complete one key per thread
+        load_one(server, path, key, index)
+    orders_before = Order.objects.count()
+    replay = load(
+        server, path, seconds=seconds, concurrency=concurrency, key_for=lambda i, n: keys[i]
+    )
+    orders_after = Order.objects.count()
+    print(
+        f"  first executions: {first.throughput:.0f}/s, p50 {first.percentile(50):.1f} ms, "
+        f"p99 {first.percentile(99):.1f} ms"
+    )
+    print(
+        f"  replays:          {replay.throughput:.0f}/s, p50 {replay.percentile(50):.1f} ms, "
+        f"p99 {replay.percentile(99):.1f} ms  "
+        f"(x{replay.throughput / first.throughput:.2f} throughput); "
+        f"orders written during {replay.requests} replays: {orders_after - orders_before}"
+    )
+
+
+def load_one(server: servers.Server, path: str, key: str, index: int) -> int:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    body = json.dumps({"item": f"bench-{index}"}).encode()
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+    conn.request("POST", path, body=body, headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def part_round_trips(vendor: str) -> None:
+    """Statements and Redis commands per request, counted in-process."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client()
+
+    def post(path: str, key: str) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post(
+                path,
+                json.dumps({"item": "round-trip"}),
+                content_type="application/json",
+                headers={"Idempotency-Key": key},
+            )
+            assert response.status_code < 500, response.content
+        return [q["sql"] for q in queries.captured_queries]
+
+    plain = post(VARIANTS["plain"], uuid.uuid4().hex)
+    key = uuid.uuid4().hex
+    fresh = post(VARIANTS["database"], key)
+    replay = post(VARIANTS["database"], key)
+    touches_orders = any("demo_order" in sql for sql in replay)
+    print(
+        f"  database store ({vendor}): plain view {len(plain)} statements, protected "
+        f"{len(fresh)} (+{len(fresh) - len(plain)} for the key), replay {len(replay)} "
+        f"(touches the view's table: {'yes' if touches_orders else 'no'})"
+    )
+    try:
+        from django_redis import get_redis_connection
+    except ImportError:
+        return
+    redis = get_redis_connection("idempotency")
+
+    def commands() -> dict[str, int]:
+        stats = redis.info("commandstats")
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+
+    post(VARIANTS["redis"], uuid.uuid4().hex)  # connections opened, scripts loaded
+    for label, same_key in (("fresh", False), ("replay", True)):
+        key = uuid.uuid4().hex
+        if same_key:
+            post(VARIANTS["redis"], key)
+        before = commands()
+        sql = post(VARIANTS["redis"], key)
+        after = commands()
+        calls = {
+            name: count - before.get(name, 0)
+            for name, count in after.items()
+            if name != "info" and count != before.get(name, 0)
+        }
+        # Commands the scripts run count in commandstats too; the client's
+        # round trips are its EVALSHA (or EVAL) calls and any other command.
+        trips = sum(c for n, c in calls.items() if n in ("evalsha", "eval"))
+        inside = ", ".join(
+            f"{n} {c}" for n, c in sorted(calls.items()) if n not in ("evalsha", "eval")
+        )
+        print(
+            f"  redis store, {label}: {trips} round trips (EVALSHA); inside the scripts: "
+            f"{inside}; {len(sql)} SQL statements (the view's)"
+        )
+
+
+def part_storage(vendor: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if vendor == "postgresql":
+            # Without the dead rows of earlier runs (purges leave them behind).
+            cursor.execute("VACUUM FULL django_idempotency_idempotencykey")
+            cursor.execute(
+                "SELECT avg(pg_column_size(k.*)), count(*), "
+                "pg_total_relation_size('django_idempotency_idempotencykey') "
+                "FROM django_idempotency_idempotencykey k WHERE response_body IS NOT NULL"
+            )
+            row_bytes, rows, total = cursor.fetchone()
+            print(
+                f"  database row ({vendor}): {float(row_bytes):.0f} bytes on average; "
+                f"table with indexes: {total / max(rows, 1):.0f} bytes per key over {rows} keys"
+            )
+        else:
+            cursor.execute("OPTIMIZE TABLE django_idempotency_idempotencykey")
+            cursor.fetchall()
+            cursor.execute("ANALYZE TABLE django_idempotency_idempotencykey")
+            cursor.fetchall()
+            cursor.execute(
+                "SELECT avg_row_length, data_length + index_length, table_rows "
+                "FROM information_schema.tables WHERE table_schema = DATABASE() "
+                "AND table_name = 'django_idempotency_idempotencykey'"
+            )
+            avg_row, total, rows = cursor.fetchone()
+            print(
+                f"  database row ({vendor}): {avg_row} bytes on average; "
+                f"table with indexes: {total / max(rows, 1):.0f} bytes per key over {rows} keys"
+            )
+    try:
+        from django_redis import get_redis_connection
+    except ImportError:
+        return
+    redis = get_redis_connection("idempotency")
+    sizes = [redis.memory_usage(k) for k in list(redis.scan_iter("bench:*", count=1000))[:500]]
+    sizes = [s for s in sizes if s]
+    if sizes:
+        print(f"  redis record: {statistics.mean(sizes):.0f} bytes on average ({len(sizes)} keys)")
+
+
+def part_storm(server: servers.Server, keys: int = 50, copies: int = 16) -> None:
+    from demo.models import Order
+
+    run = uuid.uuid4().hex[:8]
+    barriers = {n: threading.Barrier(copies) for n in range(keys)}
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        barriers[n].wait(timeout=30)
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+        body = json.dumps({"item": f"storm-{run}-{n}", "quantity": 1}).encode()
+        conn.request(
+            "POST",
+            "/slow/orders/conflict/?delay=0.3",
+            body=body,
+            headers={"Content-Type": "application/json", "Idempotency-Key": f"{run}-{n}"},
+        )
+        status = conn.getresponse().status
+        conn.close()
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(keys) for _ in range(copies)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    rows = [Order.objects.filter(item=f"storm-{run}-{n}").count() for n in range(keys)]
+    print(
+        f"  {keys} keys x {copies} copies in {elapsed:.1f} s: rows per key "
+        f"min {min(rows)} max {max(rows)}; answers "
+        + ", ".join(f"{s}: {statuses.count(s)}" for s in sorted(set(statuses)))
+    )
+
+
+def part_purge(server: servers.Server, rows: int, seconds: float, concurrency: int) -> None:
+    """PostgreSQL: a million expired keys purged, alone and under traffic."""
+    from django.db import connection
+
+    def fill(count: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO django_idempotency_idempotencykey (digest, scope, key, "
+                "fingerprint, state, owner, locked_until, response_status, "
+                "response_headers, response_body, replayable, created_at, expires_at) "
+                "SELECT md5('purge' || i) || md5('x' || i), 'bench|purge/', 'purge-' || i, "
+                "md5(i::text), 'completed', '', NULL, 201, '[]'::jsonb, "
+                "convert_to(repeat('x', 200), 'UTF8'), true, "
+                "now() - interval '2 days', now() - interval '1 day' "
+                "FROM generate_series(1, %s) i",
+                [count],
+            )
+
+    def purge() -> tuple[float, int]:
+        manage = str(ROOT / "testproject" / "manage.py")
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, manage, "purge_idempotency_keys", "--batch-size", "5000"],
+            env=os.environ,
+            stdout=subprocess.DEVNULL,
+        )
+        peak = 0
+        while process.poll() is None:
+            peak = max(peak, _rss_kib(process.pid))
+            time.sleep(0.05)
+        return time.monotonic() - started, peak
+
+    fill(rows // 10)
+    small_time, small_peak = purge()
+    fill(rows)
+    big_time, big_peak = purge()
+    print(
+        f"  {rows:,} expired keys purged in {big_time:.1f} s, peak RSS {big_peak / 1024:.0f} MiB; "
+        f"{rows // 10:,} in {small_time:.1f} s, peak {small_peak / 1024:.0f} MiB "
+        f"(x{big_peak / max(small_peak, 1):.2f} memory for 10x the keys)"
+    )
+    quiet = load(server, VARIANTS["database"], seconds=seconds, concurrency=concurrency)
+    fill(rows)
+    result: dict[str, Any] = {}
+    purger = threading.Thread(target=lambda: result.update(run=purge()))
+    purger.start()
+    time.sleep(1.0)
+    busy = load(server, VARIANTS["database"], seconds=seconds, concurrency=concurrency)
+    purger.join()
+    print(
+        f"  under a purge, protected POSTs: {busy.throughput:.0f}/s "
+        f"(x{busy.throughput / quiet.throughput:.2f} of {quiet.throughput:.0f}/s without), "
+        f"p99 {busy.percentile(99):.1f} ms (vs {quiet.percentile(99):.1f}), "
+        f"{busy.errors} errors; that purge took {result['run'][0]:.1f} s"
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--databases", default="postgresql,mariadb")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per variant per round")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--purge-rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    vendors = [v.strip() for v in args.databases.split(",") if v.strip()]
+    if len(vendors) > 1:
+        # One Django setup per process: each database in a run of its own.
+        others = [
+            f"--rounds={args.rounds}",
+            f"--duration={args.duration}",
+            f"--concurrency={args.concurrency}",
+            f"--purge-rows={args.purge_rows}",
+        ]
+        for vendor in vendors:
+            subprocess.run([sys.executable, __file__, f"--databases={vendor}", *others], check=True)
+        return
+    vendor = vendors[0]
+    setup_django(vendor)
+    prepare_database(vendor)
+    clear_tables()
+    from django.conf import settings
+
+    variants = [
+        name
+        for name in VARIANTS
+        if ("redis" not in name or "idempotency" in settings.CACHES)
+        and (not name.startswith("drf") or settings.HAS_DRF)
+    ]
+    print(
+        f"\n=== {vendor}: {args.rounds} rounds x {args.duration:g} s per variant, "
+        f"{args.concurrency} client threads, gunicorn 4 workers x 8 threads"
+    )
+    with pool() as server:
+        print("\n-- throughput, latency and CPU, fresh keys")
+        part_throughput(server, variants, args.rounds, args.duration, args.concurrency)
+        print("\n-- replays")
+        part_replays(server, args.duration, args.concurrency)
+        print("\n-- round trips per request")
+        part_round_trips(vendor)
+        print("\n-- bytes per stored key (1 KB JSON response)")
+        part_storage(vendor)
+        print("\n-- duplicate storm")
+        part_storm(server)
+        if vendor == "postgresql" and args.purge_rows:
+            print("\n-- purge")
+            clear_tables()
+            part_purge(server, args.purge_rows, args.duration, args.concurrency)
+    clear_tables()
+
+
+if __name__ == "__main__":
+    main()
