@@ -47,6 +47,7 @@ from django_idempotency.decorators import idempotent
 from django_idempotency.errors import IdempotencyError
 from django_idempotency.models import IdempotencyKey
 from django_idempotency.rest_framework import UNSET, IdempotencyAPIException, IdempotencyMixin
+from django_idempotency.rest_framework.mixins import protection
 from django_idempotency.scope import auth_identity, default_scope
 
 pytestmark = pytest.mark.django_db
@@ -284,6 +285,40 @@ def test_permission_reading_request_data_before_the_claim(
     assert send(client, url).status_code == 201
     assert replayed(send(client, url))
     assert send(client, url, {"item": "tea", "quantity": 3}).status_code == 422
+
+
+class DataGetter(IdempotencyMixin, APIView):
+    """Options decided from the request's data, parsed from the stream."""
+
+    authentication_classes: list[type[BaseAuthentication]] = []
+    permission_classes: list[type[BasePermission]] = []
+    parser_classes = [StreamJSONParser]
+
+    def get_idempotency_replay_status(self) -> int:
+        return 202 if self.request.data.get("item") == "tea" else 200
+
+    def post(self, request: Request) -> Response:
+        return create(request)
+
+
+def test_getter_reading_request_data(client: Client, serve: Callable[..., str]) -> None:
+    """A ``get_idempotency_*()`` that parses the body runs before the claim;
+    the fingerprint still has the body's bytes, and the view its data."""
+    url = serve(DataGetter.as_view())
+    tea = {"item": "tea", "quantity": 3}
+
+    assert send(client, url, tea).status_code == 201
+    retry = send(client, url, tea)
+    assert (retry.status_code, replayed(retry)) == (202, True)
+    assert send(client, url, {"item": "tea", "quantity": 4}).status_code == 422
+    assert Order.objects.get().quantity == 3
+
+
+def test_options_equal_but_of_another_type_are_not_confused() -> None:
+    """``1 == True``: a cached protection parsed from one must not answer for the other."""
+    assert protection({"required": True}).policy.required is True
+    with pytest.raises(OptionError):
+        protection({"required": 1})
 
 
 # -- the default scope and request.auth ---------------------------------------------------------

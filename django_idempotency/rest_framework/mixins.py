@@ -118,6 +118,10 @@ class IdempotencyMixin(_Base):
     #: ``initial()`` until the key is completed or released.
     _idempotency_claim: tuple[Idempotency, Exchange] | None = None
 
+    #: Whether the options are decided per request, by methods that may read
+    #: the request (set for each subclass).
+    _idempotency_per_request: ClassVar[bool] = False
+
     # -- checked when the class is defined and when as_view() is called ---------
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -138,6 +142,11 @@ class IdempotencyMixin(_Base):
                         f"{option!r} (the options are: {', '.join(conf.PER_VIEW_OPTIONS)})"
                     )
         cls._idempotency_parse(cls._idempotency_attributes(cls))
+        cls._idempotency_per_request = (
+            any(hasattr(cls, GETTER_PREFIX + name) for name in conf.PER_VIEW_OPTIONS)
+            or cls.get_idempotency_options is not IdempotencyMixin.get_idempotency_options
+            or cls.get_idempotency is not IdempotencyMixin.get_idempotency
+        )
 
     @classmethod
     def as_view(cls, *args: Any, **initkwargs: Any) -> Any:
@@ -195,16 +204,17 @@ class IdempotencyMixin(_Base):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self._idempotency_claim = None
-        idempotency = self.get_idempotency() if self._idempotency_handled(request) else None
-        if (
-            idempotency is not None
-            and protects(request, idempotency.policy)
-            and request.content_type != "multipart/form-data"
-        ):
-            # Read the body now: the fingerprint needs its bytes, and an
-            # authentication or permission class that reads request.data
-            # would otherwise consume the stream first.
-            request.body  # noqa: B018
+        idempotency = None
+        if self._idempotency_handled(request):
+            if self._idempotency_per_request:
+                # The getters may read request.data, which consumes the
+                # stream: keep the body's bytes for the fingerprint first.
+                _keep_body(request)
+            idempotency = self.get_idempotency()
+            if protects(request, idempotency.policy):
+                # An authentication or permission class that reads
+                # request.data would otherwise consume the stream first.
+                _keep_body(request)
         super().initial(request, *args, **kwargs)
         if idempotency is None:
             return
@@ -250,6 +260,14 @@ class IdempotencyMixin(_Base):
         return method in self.http_method_names and hasattr(self, method)
 
 
+def _keep_body(request: Request) -> None:
+    """Read the request's body into memory, where the fingerprint finds it
+    after a parser has read the stream; a multipart form is fingerprinted
+    from its parsed parts instead, and streamed to disk as DRF parses it."""
+    if request.content_type != "multipart/form-data":
+        request.body  # noqa: B018
+
+
 # -- one Idempotency per distinct set of options -----------------------------------------------
 
 
@@ -258,7 +276,11 @@ def protection(options: Mapping[str, Any]) -> Idempotency:
     every request with the same options (a bounded cache: options decided
     per request by ``get_idempotency_*()`` may be new objects each time)."""
     try:
-        frozen = tuple(sorted((name, _hashable(value)) for name, value in options.items()))
+        # With each value's type: 1 == True and hash(1) == hash(True), but
+        # they are not the same option value.
+        frozen = tuple(
+            sorted((name, type(value), _hashable(value)) for name, value in options.items())
+        )
         hash(frozen)
     except TypeError:
         return Idempotency(options)
@@ -266,8 +288,8 @@ def protection(options: Mapping[str, Any]) -> Idempotency:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_protection(frozen: tuple[tuple[str, Hashable], ...]) -> Idempotency:
-    return Idempotency(dict(frozen))
+def _cached_protection(frozen: tuple[tuple[str, type, Hashable], ...]) -> Idempotency:
+    return Idempotency({name: value for name, _, value in frozen})
 
 
 def _hashable(value: Any) -> Any:
