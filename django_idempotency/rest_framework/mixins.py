@@ -11,14 +11,12 @@ response. Every decision is the engine's (:mod:`django_idempotency.engine`).
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Hashable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.request import Request
-from rest_framework.schemas.inspectors import DefaultSchema
 from rest_framework.views import APIView
 
 from django_idempotency import conf
@@ -54,21 +52,6 @@ UNSET: Final = _Unset()
 
 ATTRIBUTE_PREFIX = "idempotency_"
 GETTER_PREFIX = "get_idempotency_"
-
-
-class _Schema(DefaultSchema):
-    """DRF's default schema descriptor (``DEFAULT_SCHEMA_CLASS``); when that is
-    drf-spectacular's ``AutoSchema``, with the idempotency header and answers
-    added (:mod:`django_idempotency.rest_framework.schema`, imported only then)."""
-
-    def __get__(self, instance: Any, owner: Any) -> Any:
-        inspector = super().__get__(instance, owner)
-        openapi = sys.modules.get("drf_spectacular.openapi")
-        if openapi is not None and isinstance(inspector, openapi.AutoSchema):
-            from django_idempotency.rest_framework.schema import with_idempotency
-
-            return with_idempotency(inspector, instance)
-        return inspector
 
 
 class _Answer(Exception):
@@ -111,8 +94,6 @@ class IdempotencyMixin(_Base):
     idempotency_fail_open: bool | _Unset = UNSET
     idempotency_max_body_size: int | _Unset = UNSET
     idempotency_atomic: bool | _Unset = UNSET
-
-    schema = _Schema()
 
     #: The engine and the exchange of the claim this request owns, from
     #: ``initial()`` until the key is completed or released.

@@ -1,152 +1,349 @@
 """OpenAPI for drf-spectacular: the idempotency header and answers of protected operations.
 
-:class:`IdempotencyAutoSchema` is added to drf-spectacular's ``AutoSchema``
-(or to the project's own subclass of it) for views with
-:class:`~django_idempotency.rest_framework.IdempotencyMixin`: the mixin's
-``schema`` descriptor does it when the view's schema class is drf-spectacular's,
-which is the only time this module is imported. It adds to each protected
-operation, without touching what the view documents itself:
+Imported by the app config when ``drf_spectacular`` is in ``INSTALLED_APPS``
+(never by the rest of the package), which registers
+:class:`IdempotencyViewExtension`. For each operation a view protects, the
+generated schema then has:
 
-- the key header as a parameter, required or not, unless the key comes from
-  the body (``key_func``);
-- the answers of this package: ``400`` (key missing or invalid), the in-use
-  status (``409``, or ``on_conflict``), ``422`` (key reused with another
+- the key header as a parameter, required or not, with the key pattern when
+  it is not the default; none when the key comes from the request itself
+  (``key_func``);
+- the answers of this package, next to the view's own: ``400`` (key missing
+  or invalid), the in-use status (``409``, or ``on_conflict``), ``409`` (a
+  response that cannot be replayed), ``422`` (key reused with another
   request) and ``503`` (store unavailable, unless ``fail_open``), as
-  ``application/problem+json`` when that is what the view answers.
+  ``application/problem+json`` with the ``IdempotencyProblem`` schema when
+  that is what the view answers, else with a description only.
 
-Why not an ``OpenApiViewExtension``: drf-spectacular applies one view
-extension per view, so ours would displace a project's own, and an action's
-``@extend_schema`` is built on the view's original schema class, past any
-view replacement. A schema class composes with both.
+Protected operations are those of views with
+:class:`~django_idempotency.rest_framework.IdempotencyMixin` (``@idempotent``
+above ``@api_view`` makes one) whose method is in the view's ``methods``, and
+those whose handler is decorated by ``@idempotent`` (below ``@api_view``, or
+through ``method_decorator``).
+
+How, and why so. drf-spectacular documents an operation with the view's
+``schema`` (an ``AutoSchema``), which ``@extend_schema`` and projects
+customise by subclassing; the only hook that reaches every view without a
+setting is an ``OpenApiViewExtension``, which replaces the view class for the
+generation. A replacement whose ``schema`` is simply another class is not
+enough: for a method decorated with ``@extend_schema`` (most of them),
+drf-spectacular builds the operation's schema from the *original* view class
+and assigns it to the view, past the replacement. So the replacement's
+``schema`` is a descriptor that takes whatever schema the view gets, its
+class's or the one assigned for the method, and returns it with
+:class:`IdempotencyAutoSchema` mixed in: the project's schema class,
+``@extend_schema`` on the view and on its methods and actions all keep
+working, and only add to what the operation shows. drf-spectacular applies a
+single view extension per view, the one of highest priority: ours has the
+highest and builds on the replacement of the extension that would have been
+chosen without it, so a project's own view extensions still apply. Views
+without protection are not replaced.
+
+drf-spectacular describes an operation by the first docstring among the
+view's classes, which for a view without one is the mixin's: the schema of
+protected views skips it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
+from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.plumbing import ResolvedComponent
-from rest_framework.views import exception_handler as drf_exception_handler
+from drf_spectacular.plumbing import ComponentRegistry, ResolvedComponent, get_doc
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.views import APIView
+from rest_framework.viewsets import ViewSetMixin
 
+from django_idempotency import errors
 from django_idempotency.conf import DEFAULT_KEY_PATTERN, Policy
+from django_idempotency.engine import Idempotency
 from django_idempotency.keys import MAX_KEY_LENGTH
-
-if TYPE_CHECKING:
-    from django_idempotency.rest_framework.mixins import IdempotencyMixin
+from django_idempotency.responses import REPLAYED_HEADER
+from django_idempotency.rest_framework.exceptions import error_renderer
+from django_idempotency.rest_framework.mixins import IdempotencyMixin, protection
 
 PROBLEM_COMPONENT = "IdempotencyProblem"
+CODE_COMPONENT = "IdempotencyErrorCode"
+
+#: The codes of this package's errors, as the problem documents carry them.
+ERROR_CODES = tuple(
+    error.code
+    for error in (
+        errors.KeyMissing,
+        errors.KeyInvalid,
+        errors.KeyInUse,
+        errors.KeyMismatch,
+        errors.ResponseNotStored,
+        errors.StorageUnavailable,
+    )
+)
+
+CODE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "enum": list(ERROR_CODES),
+    "description": "What happened, stable and machine-readable.",
+}
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "An RFC 9457 problem document.",
+    "description": "An RFC 9457 problem document, answered instead of the operation's response.",
     "properties": {
         "type": {"type": "string", "example": "about:blank"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
+        "title": {"type": "string", "example": "Conflict"},
+        "status": {"type": "integer", "example": 409},
         "detail": {"type": "string"},
-        "code": {
-            "type": "string",
-            "description": "Stable and machine-readable.",
-            "example": "idempotency_key_in_use",
+        # A component of its own: drf-spectacular would name an enum in place
+        # after its property ("CodeEnum"), as it names the project's own.
+        "code": {"$ref": f"#/components/schemas/{CODE_COMPONENT}"},
+        "original_status": {
+            "type": "integer",
+            "description": "The status of the response that was not stored "
+            "(idempotency_response_not_stored only).",
         },
     },
     "required": ["type", "title", "status", "detail", "code"],
 }
 
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "schema": {"type": "integer"},
+    "description": "Seconds to wait before retrying (idempotency_key_in_use, "
+    "idempotency_storage_unavailable).",
+}
+
+
+# -- which operations are protected, and how ---------------------------------------------
+
+
+def operation_policy(view: APIView, method: str) -> Policy | None:
+    """The policy protecting ``method`` on ``view`` (an instance made for the
+    schema), or None when the operation is not protected."""
+    method = method.upper()
+    handler = _handler(view, method)
+    if handler is None:
+        return None
+    if isinstance(view, IdempotencyMixin):
+        policy = _mixin_policy(view)
+        if method in policy.methods:
+            return policy
+    decorated = handler_protection(handler)
+    if decorated is not None and method in decorated.policy.methods:
+        return decorated.policy
+    return None
+
+
+def _handler(view: APIView, method: str) -> Callable[..., Any] | None:
+    if isinstance(view, ViewSetMixin):
+        name: str | None = getattr(view, "action", None)
+    else:
+        name = method.lower()
+    handler = getattr(view, name, None) if name else None
+    return handler if callable(handler) else None
+
+
+def _mixin_policy(view: IdempotencyMixin) -> Policy:
+    try:
+        return view.get_idempotency().policy
+    except Exception:
+        # A get_idempotency_*() method that needs a real request (the
+        # schema's is a mock): the view's attributes still say what it protects.
+        return protection(IdempotencyMixin._idempotency_attributes(view)).policy
+
+
+def handler_protection(handler: Any) -> Idempotency | None:
+    """The protection of a handler decorated by ``@idempotent``, or None."""
+    found = getattr(handler, "idempotency", None)
+    if isinstance(found, Idempotency):
+        return found
+    # The handler that @api_view puts on its view class calls the decorated
+    # function, held in its closure.
+    function = getattr(handler, "__func__", handler)
+    if inspect.isfunction(function) and function.__module__ == "rest_framework.decorators":
+        wrapped = inspect.getclosurevars(function).nonlocals.get("func")
+        found = getattr(wrapped, "idempotency", None)
+        if isinstance(found, Idempotency):
+            return found
+    return None
+
+
+def is_protected(view_class: type[APIView], handler_names: Iterable[str]) -> bool:
+    """Whether ``view_class`` protects any operation: it has the mixin, or
+    one of its handlers is decorated."""
+    return issubclass(view_class, IdempotencyMixin) or any(
+        handler_protection(getattr(view_class, name, None)) is not None for name in handler_names
+    )
+
+
+# -- the schema class ----------------------------------------------------------------------
+
 
 class IdempotencyAutoSchema(AutoSchema):
-    """Adds the idempotency header and answers to protected operations."""
+    """drf-spectacular's ``AutoSchema`` with the idempotency header and answers
+    of the operations the view protects. Mixed into the view's own schema class
+    by :class:`IdempotencyViewExtension`; may also be used as a base class."""
+
+    _idempotency_policy: Policy | None = None
 
     def get_operation(
-        self, path: str, path_regex: str, path_prefix: str, method: str, registry: Any
+        self,
+        path: str,
+        path_regex: str,
+        path_prefix: str,
+        method: str,
+        registry: ComponentRegistry,
     ) -> dict[str, Any] | None:
+        self._idempotency_policy = policy = operation_policy(self.view, method)
         operation: dict[str, Any] | None = super().get_operation(
             path, path_regex, path_prefix, method, registry
         )
-        policy = self._idempotency_policy(method)
         if operation is None or policy is None:
             return operation
-        if policy.key_func is None:
-            operation.setdefault("parameters", []).append(self._key_parameter(policy))
         responses = operation.setdefault("responses", {})
-        for status, description in _answers(policy):
-            responses.setdefault(str(status), self._problem_response(description, policy))
+        problems = self._answers_problems(policy)
+        for status, answer in _answers(policy, headers=policy.error_response is None).items():
+            if str(status) in responses:
+                continue  # the view documents it itself
+            if problems:
+                answer["content"] = {"application/problem+json": {"schema": self._problem_ref()}}
+            responses[str(status)] = answer
         return operation
 
-    def _idempotency_policy(self, method: str) -> Policy | None:
-        view: IdempotencyMixin = self.view  # type: ignore[assignment]
-        try:
-            policy = view.get_idempotency().policy
-        except Exception:
-            # A get_idempotency_*() getter that needs a real request: the
-            # class's own attributes still say what is protected.
-            from django_idempotency.rest_framework.mixins import protection
-
-            policy = protection(view._idempotency_attributes(view)).policy
-        return policy if method.upper() in policy.methods else None
-
-    def _key_parameter(self, policy: Policy) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
-        if policy.key_pattern.pattern != DEFAULT_KEY_PATTERN:
-            schema["pattern"] = policy.key_pattern.pattern
-        return {
-            "in": "header",
-            "name": policy.header,
-            "required": policy.required,
-            "schema": schema,
-            "description": (
-                "A key the client makes up for this operation and sends again, "
-                "unchanged, on every retry of it: the operation runs once, and "
-                "retries get its stored response (marked Idempotent-Replayed: true)."
-            ),
-        }
-
-    def _problem_response(self, description: str, policy: Policy) -> dict[str, Any]:
-        if not self._answers_problems(policy):
-            return {"description": description}
-        component = ResolvedComponent(  # type: ignore[no-untyped-call]
-            name=PROBLEM_COMPONENT,
-            type=ResolvedComponent.SCHEMA,
-            object=PROBLEM_COMPONENT,
-            schema=PROBLEM_SCHEMA,
-        )
-        self.registry.register_on_missing(component)
-        return {
-            "description": description,
-            "content": {"application/problem+json": {"schema": component.ref}},
-        }
+    def get_override_parameters(self) -> list[Any]:
+        # Ours first: a parameter of the same name that the view declares
+        # (@extend_schema(parameters=...)) replaces or, excluded, removes it.
+        parameters: list[Any] = super().get_override_parameters()
+        policy = self._idempotency_policy
+        if policy is None or policy.key_func is not None:
+            return parameters
+        return [key_parameter(policy), *parameters]
 
     def _answers_problems(self, policy: Policy) -> bool:
-        """Whether errors are problem+json: no ``error_response`` option and
+        """Whether errors are problem+json: no ``error_response`` option, and
         DRF's own exception handler (see ``rest_framework.exceptions``)."""
-        view = self.view
-        return policy.error_response is None and (
-            view.get_exception_handler() is drf_exception_handler
+        return (
+            policy.error_response is None and error_renderer(self.view) is errors.problem_response
         )
 
+    def _problem_ref(self) -> dict[str, Any]:
+        ref: dict[str, Any] = {}
+        for name, schema in ((CODE_COMPONENT, CODE_SCHEMA), (PROBLEM_COMPONENT, PROBLEM_SCHEMA)):
+            component = ResolvedComponent(  # type: ignore[no-untyped-call]
+                name=name, type=ResolvedComponent.SCHEMA, object=name, schema=schema
+            )
+            self.registry.register_on_missing(component)
+            ref = component.ref
+        return ref
 
-def _answers(policy: Policy) -> list[tuple[int, str]]:
-    in_use = 409 if policy.on_conflict == "wait" else policy.on_conflict
-    answers = [
-        (
-            400,
-            "The idempotency key is missing (where required) or invalid "
-            "(idempotency_key_missing, idempotency_key_invalid).",
+    def get_description(self) -> str:  # type: ignore[override]  # (as AutoSchema's)
+        description: str = super().get_description()
+        if not isinstance(self.view, IdempotencyMixin) or description != get_doc(IdempotencyMixin):
+            return description
+        # drf-spectacular describes a view by the first docstring of its
+        # classes, and took the mixin's: the view's own is past the mixin.
+        mro = type(self.view).__mro__
+        after = mro[mro.index(IdempotencyMixin) + 1]
+        doc: str = get_doc(after)
+        return doc
+
+
+def key_parameter(policy: Policy) -> OpenApiParameter:
+    schema: dict[str, Any] = {"type": "string", "maxLength": MAX_KEY_LENGTH}
+    if policy.key_pattern.pattern == DEFAULT_KEY_PATTERN:
+        schema["minLength"] = 1
+    else:
+        # key_pattern must match the whole key; a schema pattern may match a part.
+        schema["pattern"] = f"^(?:{policy.key_pattern.pattern})$"
+    return OpenApiParameter(
+        name=policy.header,
+        type=schema,
+        location=OpenApiParameter.HEADER,
+        required=policy.required,
+        description=(
+            "A key the client makes up for this operation (a UUID, say) and sends "
+            "again, unchanged, with every retry of it: the operation runs once, and "
+            f"retries get its stored response, marked `{REPLAYED_HEADER}: true`. "
+            f"A key is kept for {_duration(policy.ttl)} after its first use, and "
+            "belongs to one request: reused with another, it gets a 422."
         ),
-        (
+    )
+
+
+def _answers(policy: Policy, *, headers: bool) -> dict[int, dict[str, Any]]:
+    """The answers this package may give instead of the operation's, by
+    status; ``headers``: with the ``Retry-After`` header of those that have it."""
+    sentences: dict[int, list[str]] = {}
+    retry_after: set[int] = set()
+
+    def answer(status: int, sentence: str, *, retry: bool = False) -> None:
+        sentences.setdefault(status, []).append(sentence)
+        if retry:
+            retry_after.add(status)
+
+    if policy.required:
+        answer(400, "The idempotency key is missing (idempotency_key_missing).")
+    answer(400, "The idempotency key is not valid (idempotency_key_invalid).")
+    if policy.on_conflict == "wait":
+        in_use = 409
+        answer(
             in_use,
-            "A request with this idempotency key is still being processed "
-            "(idempotency_key_in_use; retry after Retry-After), or was processed "
-            "and its response cannot be replayed (idempotency_response_not_stored).",
-        ),
-        (422, "This idempotency key was used with a different request (idempotency_key_mismatch)."),
-    ]
-    if not policy.fail_open:
-        answers.append(
-            (503, "Idempotency keys cannot be checked right now (idempotency_storage_unavailable).")
+            "A request with this idempotency key was still being processed after "
+            f"waiting {_duration(policy.wait_timeout)} for it; retry later "
+            "(idempotency_key_in_use).",
+            retry=True,
         )
+    else:
+        in_use = policy.on_conflict
+        answer(
+            in_use,
+            "A request with this idempotency key is still being processed; retry "
+            "later (idempotency_key_in_use).",
+            retry=True,
+        )
+    if policy.atomic and in_use != 409:
+        answer(
+            409,
+            "Another request took this idempotency key over before the operation "
+            "committed; retry later (idempotency_key_in_use).",
+            retry=True,
+        )
+    if policy.duplicate_response is None:
+        answer(
+            409,
+            "A request with this idempotency key was processed, but its response was "
+            "not stored and cannot be replayed (idempotency_response_not_stored).",
+        )
+    answer(
+        422,
+        "This idempotency key was used with a different request (idempotency_key_mismatch).",
+    )
+    if not policy.fail_open or policy.atomic:
+        answer(
+            503,
+            "Idempotency keys cannot be checked right now; retry later "
+            "(idempotency_storage_unavailable).",
+            retry=True,
+        )
+    answers: dict[int, dict[str, Any]] = {}
+    for status, texts in sorted(sentences.items()):
+        answers[status] = {"description": " ".join(texts)}
+        if headers and status in retry_after:
+            answers[status]["headers"] = {"Retry-After": dict(RETRY_AFTER_HEADER)}
     return answers
 
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+
+
+# -- the schema, mixed into the view's ---------------------------------------------------------
 
 #: The schema class made for each base, once.
 _schema_classes: dict[type[AutoSchema], type[AutoSchema]] = {}
@@ -157,14 +354,104 @@ def _schema_class(base: type[AutoSchema]) -> type[AutoSchema]:
         return base
     made = _schema_classes.get(base)
     if made is None:
-        name = f"Idempotency{base.__name__}"
-        made = _schema_classes[base] = type(name, (IdempotencyAutoSchema, base), {})
+        made = type(f"Idempotency{base.__name__}", (IdempotencyAutoSchema, base), {})
+        _schema_classes[base] = made
     return made
 
 
 def with_idempotency(inspector: AutoSchema, view: Any) -> AutoSchema:
     """``inspector``, drf-spectacular's schema of ``view`` (an instance, or
-    None when read from the class), with the idempotency header and answers."""
-    schema = _schema_class(inspector.__class__)()  # (a weakref proxy for per-action schemas)
+    None when read from the class), with :class:`IdempotencyAutoSchema` mixed
+    in: a copy of it, of a class made from its own."""
+    if isinstance(inspector, IdempotencyAutoSchema):
+        return inspector
+    # inspector.__class__ and vars(): inspector may be a weakref proxy, as the
+    # schemas drf-spectacular assigns to views for decorated methods are.
+    cls = _schema_class(inspector.__class__)
+    schema = cls.__new__(cls)
+    vars(schema).update(vars(inspector))
     schema.view = view
     return schema
+
+
+class _SchemaDescriptor:
+    """The ``schema`` of a protected view during the generation: the one the
+    view would have, its class's or the one assigned to it for a decorated
+    method, with :class:`IdempotencyAutoSchema` mixed in."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.assigned: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+
+    def __get__(self, instance: Any, owner: type[Any]) -> Any:
+        if instance is None:
+            return self._inner(None, owner)
+        if instance in self.assigned:
+            schema = self.assigned[instance]
+        else:
+            schema = self._inner(instance, owner)
+        return with_idempotency(schema, instance) if isinstance(schema, AutoSchema) else schema
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        # As DRF's ViewInspector does.
+        self.assigned[instance] = value
+        if value is not None:
+            value.view = instance
+
+    def _inner(self, instance: Any, owner: type[Any]) -> Any:
+        get = getattr(type(self.inner), "__get__", None)
+        return self.inner if get is None else get(self.inner, instance, owner)
+
+
+def _static_schema(view_class: type[APIView]) -> Any:
+    for cls in view_class.__mro__:
+        if "schema" in vars(cls):
+            return vars(cls)["schema"]
+    return None
+
+
+class IdempotencyViewExtension(OpenApiViewExtension):
+    """Replaces each protected view, for the schema generation only, by a
+    subclass whose ``schema`` documents the protection."""
+
+    target_class = APIView
+    match_subclasses = True
+    # Chosen before any other view extension, and built on the one that would
+    # have been chosen instead (see the module's docstring).
+    priority = sys.maxsize
+
+    #: The replacement made for each view class, once: drf-spectacular tells
+    #: views apart by their class.
+    _replacements: ClassVar[dict[type[APIView], type[APIView]]] = {}
+
+    def view_replacement(self) -> type[APIView]:
+        original: type[APIView] = self.target
+        view_class = self._next_replacement()
+        actions = getattr(self.target_callback, "actions", None)
+        handler_names = actions.values() if actions else view_class.http_method_names
+        if not is_protected(view_class, handler_names):
+            return view_class
+        replacement = self._replacements.get(view_class)
+        if replacement is None:
+            namespace = {
+                "schema": _SchemaDescriptor(_static_schema(view_class)),
+                "__module__": view_class.__module__,
+                "__qualname__": view_class.__qualname__,
+                "__doc__": view_class.__doc__,
+            }
+            replacement = type(view_class.__name__, (view_class,), namespace)
+            if view_class is original:  # others' replacements may be new classes each time
+                self._replacements[view_class] = replacement
+        return replacement
+
+    def _next_replacement(self) -> type[APIView]:
+        """The view class the other view extensions make of this one."""
+        extensions = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
+        for extension in extensions:
+            if not issubclass(extension, IdempotencyViewExtension) and extension._matches(
+                self.target
+            ):
+                other = extension(self.target_callback)  # type: ignore[no-untyped-call]
+                return other.view_replacement()
+        target: type[APIView] = self.target
+        return target

@@ -9,6 +9,9 @@ Each creates an order, like the plain views, so a second execution would show:
   duplicates to meet it, answering them ``409``, or waiting for the first
   answer with ``&wait=1`` (an option decided per request);
 - ``/api/function/orders/``: a function view, ``@idempotent`` over ``@api_view``.
+
+``/api/`` lists the viewset's routes, and ``/api/schema/`` (with drf-spectacular
+installed) is their OpenAPI schema, idempotency header and answers included.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers, status
 from rest_framework.decorators import action, api_view
 from rest_framework.generics import CreateAPIView
@@ -62,7 +66,18 @@ class SlowOrders(IdempotencyMixin, CreateAPIView[Order]):
         serializer.save()
 
 
+def documented(view: Any) -> Any:
+    """The function view's request and answer, for drf-spectacular (where it is
+    installed), which cannot guess them from the function."""
+    if not settings.HAS_SPECTACULAR:
+        return view
+    from drf_spectacular.utils import extend_schema
+
+    return extend_schema(request=OrderSerializer, responses={201: OrderSerializer})(view)
+
+
 @idempotent
+@documented
 @api_view(["POST"])
 def create_order(request: Request) -> Response:
     serializer = OrderSerializer(data=request.data)
