@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
+from helpers import orders, problem, replayed, send
 
 from demo.models import Order
 from django_idempotency.models import IdempotencyKey
@@ -121,8 +122,10 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
     # The purge removed the expired short-lived key; the others remain.
     assert IdempotencyKey.objects.count() == 2 + drf
     if drf:
-        created, replay_api, _ = seen[9:]
+        created, replay_api, mismatch_api = seen[9:]
         assert replay_api.body == created.body
+        assert mismatch_api.headers["Content-Type"] == "application/problem+json"
+        assert '"code": "idempotency_key_mismatch"' in mismatch_api.body
 
 
 @pytest.mark.django_db(transaction=True)
@@ -181,20 +184,117 @@ def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
     assert database.exists()
 
 
-@pytest.mark.django_db
-def test_demo_api_endpoints(client: Any) -> None:
+# -- the Django REST framework endpoints (demo/api.py) ---------------------------------------
+
+
+@pytest.fixture
+def api(client: Any) -> Any:
+    """The test client, for tests of the DRF endpoints (skipped without DRF)."""
     pytest.importorskip("rest_framework")
-    from helpers import problem, replayed, send
+    return client
 
-    created = send(client, "/api/orders/")
-    order_id = created.json()["id"]
-    repeat = f"/api/orders/{order_id}/repeat/"
-    problem(send(client, repeat, {}, key=None), 400, "idempotency_key_missing")
-    copy = send(client, repeat, {}, key="repeat-1")
+
+@pytest.mark.django_db
+def test_api_root_lists_the_viewset(api: Any) -> None:
+    response = api.get("/api/", headers={"Accept": "application/json"})
+    assert response.json() == {"orders": "http://testserver/api/orders/"}
+
+
+@pytest.mark.django_db
+def test_api_create_is_replayed_and_a_key_is_optional(api: Any) -> None:
+    latte = {"item": "latte", "quantity": 2}
+    created = send(api, "/api/orders/", latte, key="create-1")
+    assert created.status_code == 201
+    assert created.json() == {"id": Order.objects.get().pk, **latte}
+
+    retry = send(api, "/api/orders/", latte, key="create-1")
+    assert replayed(retry)
+    assert (retry.status_code, retry.content) == (201, created.content)
+    mocha = {"item": "mocha", "quantity": 1}
+    problem(send(api, "/api/orders/", mocha, key="create-1"), 422, "idempotency_key_mismatch")
+    assert orders() == 1
+
+    # Without a key, the viewset is not protected: each request creates an order.
+    for _ in range(2):
+        assert not replayed(send(api, "/api/orders/", {"item": "latte"}, key=None))
+    assert orders() == 3
+
+
+@pytest.mark.django_db
+def test_api_invalid_order_is_refused_once_and_its_key_spent(api: Any) -> None:
+    refused = send(api, "/api/orders/", {"item": "latte", "quantity": 0}, key="invalid-1")
+    assert refused.status_code == 400
+    assert refused.json() == {"quantity": ["Order at least one."]}
+
+    # The 400 is the key's stored answer: the retry gets it, and a corrected
+    # body needs a new key.
+    retry = send(api, "/api/orders/", {"item": "latte", "quantity": 0}, key="invalid-1")
+    assert replayed(retry)
+    assert (retry.status_code, retry.content) == (400, refused.content)
+    corrected = {"item": "latte", "quantity": 1}
+    problem(send(api, "/api/orders/", corrected, key="invalid-1"), 422, "idempotency_key_mismatch")
+    assert orders() == 0
+    assert send(api, "/api/orders/", corrected, key="invalid-2").status_code == 201
+
+
+@pytest.mark.django_db
+def test_api_update_and_delete_are_protected(api: Any) -> None:
+    order = Order.objects.create(item="latte", quantity=1)
+    detail = f"/api/orders/{order.pk}/"
+
+    # A late retry of an update replays its answer instead of undoing a later one.
+    first = send(api, detail, {"quantity": 5}, key="patch-1", method="patch")
+    assert first.json()["quantity"] == 5
+    assert send(api, detail, {"quantity": 7}, key="patch-2", method="patch").status_code == 200
+    late_retry = send(api, detail, {"quantity": 5}, key="patch-1", method="patch")
+    assert replayed(late_retry)
+    assert late_retry.content == first.content
+    order.refresh_from_db()
+    assert order.quantity == 7
+
+    replaced = send(api, detail, {"item": "tea", "quantity": 2}, key="put-1", method="put")
+    assert replaced.status_code == 200
+    assert replayed(send(api, detail, {"item": "tea", "quantity": 2}, key="put-1", method="put"))
+
+    # A retried delete gets its 204 again, not a 404 for the order it deleted.
+    deleted = send(api, detail, b"", key="delete-1", method="delete")
+    assert deleted.status_code == 204
+    retry = send(api, detail, b"", key="delete-1", method="delete")
+    assert (retry.status_code, replayed(retry)) == (204, True)
+    assert send(api, detail, b"", key="delete-2", method="delete").status_code == 404
+    assert orders() == 0
+
+
+@pytest.mark.django_db
+def test_api_repeat_action_requires_a_key(api: Any) -> None:
+    order = Order.objects.create(item="cortado", quantity=3)
+    repeat = f"/api/orders/{order.pk}/repeat/"
+
+    problem(send(api, repeat, {}, key=None), 400, "idempotency_key_missing")
+    assert orders() == 1
+
+    copy = send(api, repeat, {}, key="repeat-1")
     assert copy.status_code == 201
-    assert replayed(send(client, repeat, {}, key="repeat-1"))
+    assert copy.json()["id"] != order.pk
+    assert {k: v for k, v in copy.json().items() if k != "id"} == {"item": "cortado", "quantity": 3}
+    retry = send(api, repeat, {}, key="repeat-1")
+    assert replayed(retry)
+    assert retry.content == copy.content
+    assert orders() == 2
 
-    function = send(client, "/api/function/orders/", key="function-1")
-    assert function.status_code == 201
-    assert replayed(send(client, "/api/function/orders/", key="function-1"))
-    assert Order.objects.count() == 3
+
+@pytest.mark.django_db
+def test_api_function_view(api: Any) -> None:
+    url = "/api/function/orders/"
+    created = send(api, url, {"item": "ristretto", "quantity": 1}, key="function-1")
+    assert created.status_code == 201
+    assert created.json()["item"] == "ristretto"
+
+    retry = send(api, url, {"item": "ristretto", "quantity": 1}, key="function-1")
+    assert replayed(retry)
+    assert retry.content == created.content
+    problem(send(api, url, {"item": "doppio"}, key="function-1"), 422, "idempotency_key_mismatch")
+    refused = send(api, url, {"item": "ristretto", "quantity": 0}, key="function-2")
+    assert refused.json() == {"quantity": ["Order at least one."]}
+    assert replayed(send(api, url, {"item": "ristretto", "quantity": 0}, key="function-2"))
+    assert orders() == 1

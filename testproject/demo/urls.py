@@ -3,11 +3,11 @@ from __future__ import annotations
 import os
 
 from django.conf import settings
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 
 from demo import views
 
-urlpatterns = [
+urlpatterns: list[URLPattern | URLResolver] = [
     path("orders/", views.create_order, name="orders"),
     path("async/orders/", views.create_order_async, name="orders-async"),
     path("cbv/orders/", views.OrderView.as_view(), name="orders-cbv"),
@@ -16,16 +16,16 @@ urlpatterns = [
     path("short-lived/orders/", views.create_order_short_lived, name="orders-short-lived"),
 ]
 
-# Django REST framework endpoints, where it is installed.
+# Django REST framework endpoints, where it is installed; /api/ lists the router's.
 if settings.HAS_DRF:
-    from rest_framework.routers import SimpleRouter
+    from rest_framework.routers import DefaultRouter
 
     from demo import api
 
-    router = SimpleRouter()
-    router.register("api/orders", api.OrderViewSet, basename="api-orders")
+    router = DefaultRouter()
+    router.register("orders", api.OrderViewSet, basename="api-orders")
     urlpatterns += [
-        *router.urls,
+        path("api/", include(router.urls)),
         path("api/slow/orders/", api.SlowOrders.as_view(), name="api-orders-slow"),
         path("api/function/orders/", api.create_order, name="api-orders-function"),
     ]
