@@ -1,9 +1,12 @@
-"""Every option of ``@idempotent``, set on the view and through the ``IDEMPOTENCY``
-setting, and how the two combine.
+"""Every option of ``@idempotent`` and of the DRF ``IdempotencyMixin``, set on
+the view and through the ``IDEMPOTENCY`` setting, and how the two combine.
 
-The ``configure`` fixture runs each option test twice: once with the option on
-the decorator, once with the bare decorator and the option in the settings dict,
-set after the view was decorated, which shows settings are read when used.
+The ``configure`` fixture runs each option test four times: with the option on
+the decorator; with the bare decorator and the option in the settings dict, set
+after the view was decorated, which shows settings are read when used; as an
+``idempotency_*`` attribute of an ``APIView`` with the mixin; and returned by a
+``get_idempotency_*()`` method of a ``ModelViewSet`` with the mixin. The DRF
+runs are skipped where Django REST framework is not installed.
 """
 
 from __future__ import annotations
@@ -93,6 +96,16 @@ def _reset_counting_storage() -> None:
 Configure = Callable[..., Callable[..., Any]]
 
 
+def protected_by(adapter: str, view: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """``view`` with ``options`` of its own: given to the decorator, or to a DRF
+    view with the mixin, as ``idempotency_*`` attributes of an ``APIView``
+    (``"apiview"``) or returned by ``get_idempotency_*()`` methods of a
+    ``ModelViewSet`` (``"viewset"``)."""
+    if adapter == "decorator":
+        return idempotent(**options)(view)
+    return drf_protected(view, options, viewset=adapter == "viewset")
+
+
 @pytest.fixture(params=["decorator", "setting", "apiview", "viewset"])
 def configure(
     request: pytest.FixtureRequest, idempotency_settings: Callable[..., None]
@@ -106,13 +119,25 @@ def configure(
         pytest.importorskip("rest_framework")
 
     def make(view: Callable[..., Any], **options: Any) -> Callable[..., Any]:
-        if request.param == "decorator":
-            return idempotent(**options)(view)
-        if request.param in ("apiview", "viewset"):
-            return drf_protected(view, options, viewset=request.param == "viewset")
+        if request.param != "setting":
+            return protected_by(request.param, view, options)
         protected = idempotent(view)
         idempotency_settings(**{name.upper(): value for name, value in options.items()})
         return protected
+
+    return make
+
+
+@pytest.fixture(params=["decorator", "apiview", "viewset"])
+def per_view(request: pytest.FixtureRequest) -> Configure:
+    """``per_view(view, **options)``: the view with options of its own, for the
+    tests of how they combine with the setting: on the decorator, as the
+    mixin's attributes, or from the mixin's getters (see :func:`protected_by`)."""
+    if request.param != "decorator":
+        pytest.importorskip("rest_framework")
+
+    def make(view: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+        return protected_by(request.param, view, options)
 
     return make
 
@@ -291,8 +316,10 @@ class TestKeyPattern:
             problem(response, 400, "idempotency_key_invalid")
             assert orders() == 0
 
-    def test_compiled_pattern(self, client: Client, serve: Callable[..., str]) -> None:
-        url = serve(idempotent(key_pattern=re.compile(r"ord_[0-9]+"))(create_order))
+    def test_compiled_pattern(
+        self, client: Client, serve: Callable[..., str], configure: Configure
+    ) -> None:
+        url = serve(configure(create_order, key_pattern=re.compile(r"ord_[0-9]+")))
 
         problem(send(client, url, key="ord_x"), 400, "idempotency_key_invalid")
         assert send(client, url, key="ord_12").status_code == 201
@@ -566,10 +593,10 @@ class TestOnConflict:
         assert orders() == 0
 
     def test_any_error_status_the_option_accepts(
-        self, client: Client, serve: Callable[..., str]
+        self, client: Client, serve: Callable[..., str], configure: Configure
     ) -> None:
         # on_conflict accepts any status from 400 to 599, such as a proxy's 499.
-        url = serve(idempotent(on_conflict=499)(create_order))
+        url = serve(configure(create_order, on_conflict=499))
         in_flight_claim(url)
 
         response = send(client, url)
@@ -974,9 +1001,9 @@ class TestStorage:
 @pytest.mark.django_db
 class TestSettingsReadWhenUsed:
     def test_override_settings_after_requests_takes_effect(
-        self, client: Client, serve: Callable[..., str]
+        self, client: Client, serve: Callable[..., str], per_view: Configure
     ) -> None:
-        url = serve(idempotent(create_order))
+        url = serve(per_view(create_order))
         send(client, url, key="before")
         assert replayed(send(client, url, key="before"))
 
@@ -997,9 +1024,13 @@ class TestSettingsReadWhenUsed:
 @pytest.mark.django_db
 class TestViewOptionBeatsSetting:
     def test_header(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(header="X-View-Key")(create_order))
+        url = serve(per_view(create_order, header="X-View-Key"))
         idempotency_settings(HEADER="X-Global-Key")
 
         send(client, url, key="a", key_header="X-View-Key")
@@ -1012,18 +1043,26 @@ class TestViewOptionBeatsSetting:
         assert orders() == 3
 
     def test_replay_status(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(replay_status=200)(create_order))
+        url = serve(per_view(create_order, replay_status=200))
         idempotency_settings(REPLAY_STATUS=409)
         send(client, url)
 
         assert send(client, url).status_code == 200
 
     def test_methods(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(methods=["POST"])(create_order))
+        url = serve(per_view(create_order, methods=["POST"]))
         idempotency_settings(METHODS=["PUT"])
 
         send(client, url, method="put")
@@ -1035,17 +1074,25 @@ class TestViewOptionBeatsSetting:
         assert replayed(post_again)
 
     def test_required(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(required=False)(create_order))
+        url = serve(per_view(create_order, required=False))
         idempotency_settings(REQUIRED=True)
 
         assert send(client, url, key=None).status_code == 201
 
     def test_ttl(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(ttl=3600)(create_order))
+        url = serve(per_view(create_order, ttl=3600))
         idempotency_settings(TTL=7200)
 
         send(client, url)
@@ -1054,27 +1101,39 @@ class TestViewOptionBeatsSetting:
         assert row.expires_at - row.created_at == timedelta(hours=1)
 
     def test_on_conflict(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(on_conflict=409)(create_order))
+        url = serve(per_view(create_order, on_conflict=409))
         idempotency_settings(ON_CONFLICT=423)
         in_flight_claim(url)
 
         problem(send(client, url), 409, "idempotency_key_in_use")
 
     def test_key_pattern(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(key_pattern=r"v-[0-9]+")(create_order))
+        url = serve(per_view(create_order, key_pattern=r"v-[0-9]+"))
         idempotency_settings(KEY_PATTERN=r"g-[0-9]+")
 
         assert send(client, url, key="v-1").status_code == 201
         problem(send(client, url, key="g-1"), 400, "idempotency_key_invalid")
 
     def test_settings_fill_in_what_the_view_leaves_out(
-        self, client: Client, serve: Callable[..., str], idempotency_settings: Callable[..., None]
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
     ) -> None:
-        url = serve(idempotent(ttl=3600)(create_order))
+        url = serve(per_view(create_order, ttl=3600))
         idempotency_settings(REPLAY_STATUS=409, REPLAY_HEADERS=["X-Request-Id"])
         first = send(client, url)
 
@@ -1084,6 +1143,71 @@ class TestViewOptionBeatsSetting:
         assert retry["X-Request-Id"] == first["X-Request-Id"]
         row = IdempotencyKey.objects.get()
         assert row.expires_at - row.created_at == timedelta(hours=1)
+
+
+@pytest.mark.django_db
+class TestMixinGetters:
+    """A ``get_idempotency_*()`` method wins over the ``idempotency_*``
+    attribute, and ``UNSET`` from either leaves the option to the setting."""
+
+    @pytest.fixture
+    def endpoint(self) -> type[Any]:
+        """An APIView with the mixin whose ``idempotency_replay_status`` is 409."""
+        pytest.importorskip("rest_framework")
+        view: Any = drf_protected(create_order, {"replay_status": 409})
+        endpoint: type[Any] = view.cls
+        return endpoint
+
+    def test_getter_beats_the_attribute(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        idempotency_settings: Callable[..., None],
+        endpoint: type[Any],
+    ) -> None:
+        def get_idempotency_replay_status(view: Any) -> int:
+            # Decided per request: the request is the view's by now.
+            return 200 if view.request.headers.get("X-Client") == "legacy" else 202
+
+        decided = type(
+            "Decided", (endpoint,), {"get_idempotency_replay_status": get_idempotency_replay_status}
+        )
+        url = serve(decided.as_view())
+        idempotency_settings(REPLAY_STATUS=203)
+        send(client, url)
+
+        legacy = send(client, url, headers={"X-Client": "legacy"})
+        other = send(client, url)
+
+        assert (legacy.status_code, other.status_code) == (200, 202)
+        assert replayed(legacy)
+        assert replayed(other)
+
+    @pytest.mark.parametrize("where", ["attribute", "getter"])
+    def test_unset_leaves_the_option_to_the_setting(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        idempotency_settings: Callable[..., None],
+        endpoint: type[Any],
+        where: str,
+    ) -> None:
+        from django_idempotency.rest_framework import UNSET
+
+        if where == "attribute":
+            deferring = type("Deferring", (endpoint,), {"idempotency_replay_status": UNSET})
+        else:
+            deferring = type(
+                "Deferring", (endpoint,), {"get_idempotency_replay_status": lambda view: UNSET}
+            )
+        url = serve(deferring.as_view())
+        idempotency_settings(REPLAY_STATUS=203)
+        send(client, url)
+
+        retry = send(client, url)
+
+        assert retry.status_code == 203
+        assert replayed(retry)
 
 
 # -- validation at decoration time -----------------------------------------------------------

@@ -185,7 +185,7 @@ def test_duplicate_storm_runs_each_key_once(
     replays = sum(a.replayed for a in answers)
     conflicts = sum(a.status == 409 for a in answers)
     print(
-        f"storm {mode} on {connection.vendor} ({store} store): {len(answers)} requests, "
+        f"storm {path} on {connection.vendor} ({store} store): {len(answers)} requests, "
         f"{sum(executions.values())} executions, {replays} replays, {conflicts} 409s"
     )
 
