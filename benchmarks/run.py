@@ -228,7 +228,9 @@ def clear_tables() -> None:
 
 def part_throughput(
     server: servers.Server, variants: list[str], rounds: int, seconds: float, concurrency: int
-) -> dict[str, Sample]:
+) -> dict[str, tuple[float, float, float]]:
+    """Each protected variant's throughput (the median of its rounds'), p99
+    and CPU per request, as ratios to its plain twin; printed as a table."""
     totals = {name: Sample() for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants if name in BASELINE}
     for name in variants:  # warm every code path once
@@ -250,6 +252,7 @@ def part_throughput(
     print()
     header = f"  {'variant':<13}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}"
     print(header + f"{'x plain req/s':>15}{'x p99':>8}{'x CPU':>8}{'errors':>8}")
+    measured: dict[str, tuple[float, float, float]] = {}
     for name in variants:
         sample = totals[name]
         row = (
@@ -258,16 +261,17 @@ def part_throughput(
         )
         if name in BASELINE:
             base = totals[BASELINE[name]]
-            median_ratio = statistics.median(ratios[name])
-            row += (
-                f"{median_ratio:>15.2f}"
-                f"{sample.percentile(99) / base.percentile(99):>8.2f}"
-                f"{sample.cpu_ms / base.cpu_ms:>8.2f}"
+            measured[name] = (
+                statistics.median(ratios[name]),
+                sample.percentile(99) / base.percentile(99),
+                sample.cpu_ms / base.cpu_ms,
             )
+            widths = (15, 8, 8)
+            row += "".join(f"{r:>{w}.2f}" for r, w in zip(measured[name], widths, strict=True))
         else:
             row += f"{'':>15}{'':>8}{'':>8}"
         print(row + f"{sample.errors:>8}")
-    return totals
+    return measured
 
 
 def part_replays(server: servers.Server, seconds: float, concurrency: int) -> None:
@@ -521,6 +525,42 @@ def _rss_kib(pid: int) -> int:
 # -- main ---------------------------------------------------------------------------------------
 
 
+#: What each protected variant is called on the chart.
+LABELS = {
+    "database": "@idempotent, database store",
+    "atomic": "@idempotent(atomic=True)",
+    "redis": "@idempotent, Redis store",
+    "drf-database": "DRF mixin, database store",
+    "drf-redis": "DRF mixin, Redis store",
+}
+
+
+def targets(variant: str, vendor: str) -> tuple[float | None, float | None, float | None]:
+    """The project's targets (throughput, p99, CPU ratios) for a variant: Redis
+    at least 0.85x with p99 at most 1.3x; the database store on PostgreSQL at
+    least 0.7x with CPU at most 1.5x."""
+    if variant.endswith("redis"):
+        return (0.85, 1.3, None)
+    if vendor == "postgresql":
+        return (0.7, None, 1.5)
+    return (None, None, None)
+
+
+def write_chart(
+    path: Path, vendor: str, measured: dict[str, tuple[float, float, float]], args: Any
+) -> None:
+    from plot import Row, ratio_chart
+
+    rows = [Row(LABELS[name], ratios, targets(name, vendor)) for name, ratios in measured.items()]
+    title = (
+        f"{vendor}: protected vs plain, fresh keys ({args.rounds} rounds x "
+        f"{args.duration:g} s, {args.concurrency} clients, 4 gunicorn workers)"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(ratio_chart(title, rows))
+    print(f"  chart: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--databases", default="postgresql,mariadb")
@@ -528,6 +568,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per variant per round")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--purge-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--plot", metavar="DIR", type=Path, help="write DIR/<database>.svg, a chart of the ratios"
+    )
     args = parser.parse_args()
     vendors = [v.strip() for v in args.databases.split(",") if v.strip()]
     if len(vendors) > 1:
@@ -537,6 +580,7 @@ def main() -> None:
             f"--duration={args.duration}",
             f"--concurrency={args.concurrency}",
             f"--purge-rows={args.purge_rows}",
+            *([f"--plot={args.plot}"] if args.plot else []),
         ]
         for vendor in vendors:
             subprocess.run([sys.executable, __file__, f"--databases={vendor}", *others], check=True)
@@ -559,7 +603,9 @@ def main() -> None:
     )
     with pool() as server:
         print("\n-- throughput, latency and CPU, fresh keys")
-        part_throughput(server, variants, args.rounds, args.duration, args.concurrency)
+        measured = part_throughput(server, variants, args.rounds, args.duration, args.concurrency)
+        if args.plot:
+            write_chart(args.plot / f"{vendor}.svg", vendor, measured, args)
         print("\n-- replays")
         part_replays(server, args.duration, args.concurrency)
         print("\n-- round trips per request")
