@@ -594,7 +594,7 @@ def main() -> None:
     variants = [
         name
         for name in VARIANTS
-        if ("redis" not in name or "idempotency" in settings.CACHES)
+        if ("redis" not in name or settings.HAS_REDIS)
         and (not name.startswith("drf") or settings.HAS_DRF)
     ]
     print(

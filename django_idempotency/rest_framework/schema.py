@@ -156,18 +156,13 @@ def _mixin_policy(view: IdempotencyMixin) -> Policy:
 
 def handler_protection(handler: Any) -> Idempotency | None:
     """The protection of a handler decorated by ``@idempotent``, or None."""
-    found = getattr(handler, "idempotency", None)
-    if isinstance(found, Idempotency):
-        return found
-    # The handler that @api_view puts on its view class calls the decorated
-    # function, held in its closure.
     function = getattr(handler, "__func__", handler)
     if inspect.isfunction(function) and function.__module__ == "rest_framework.decorators":
-        wrapped = inspect.getclosurevars(function).nonlocals.get("func")
-        found = getattr(wrapped, "idempotency", None)
-        if isinstance(found, Idempotency):
-            return found
-    return None
+        # The handler that @api_view puts on its view class calls the
+        # decorated function, held in its closure.
+        handler = inspect.getclosurevars(function).nonlocals.get("func")
+    found = getattr(handler, "idempotency", None)
+    return found if isinstance(found, Idempotency) else None
 
 
 def is_protected(view_class: type[APIView], handler_names: Iterable[str]) -> bool:

@@ -8,7 +8,6 @@ document of about 1 KB, like an API returning the resource it created.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -49,8 +48,7 @@ urlpatterns: list[URLPattern] = [
     path("bench/database/", csrf_exempt(idempotent(create))),
     path("bench/atomic/", csrf_exempt(idempotent(atomic=True)(create))),
 ]
-HAS_REDIS = importlib.util.find_spec("django_redis") is not None
-if HAS_REDIS:
+if settings.HAS_REDIS:
     protected = idempotent(storage=_redis_storage())(create)
     urlpatterns.append(path("bench/redis/", csrf_exempt(protected)))
 
@@ -74,7 +72,7 @@ if settings.HAS_DRF:
         path("bench/drf/plain/", Plain.as_view()),
         path("bench/drf/database/", Protected.as_view()),
     ]
-    if HAS_REDIS:
+    if settings.HAS_REDIS:
         urlpatterns.append(
             path("bench/drf/redis/", Protected.as_view(idempotency_storage=_redis_storage()))
         )

@@ -174,7 +174,8 @@ DATABASES = {
 CACHES: dict[str, Any] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
 }
-if importlib.util.find_spec("django_redis") is not None:
+HAS_REDIS = importlib.util.find_spec("django_redis") is not None
+if HAS_REDIS:
     CACHES["idempotency"] = {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": os.environ.get("IDEMPOTENCY_REDIS_URL", "redis://127.0.0.1:6379/0"),
