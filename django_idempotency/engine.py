@@ -17,7 +17,6 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -25,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 
-from django_idempotency import conf, signals
+from django_idempotency import conf, signals, transactions
 from django_idempotency.conf import ErrorResponse, Policy
 from django_idempotency.errors import (
     IdempotencyError,
@@ -34,6 +33,7 @@ from django_idempotency.errors import (
     KeyMissing,
     ResponseNotStored,
     StorageUnavailable,
+    TransactionRolledBack,
     problem_response,
 )
 from django_idempotency.keys import get_key
@@ -81,6 +81,10 @@ class Exchange:
         #: In atomic mode, the transaction of the view's writes, from the
         #: claim until :meth:`Idempotency.finish` or :meth:`Idempotency.abort`.
         self.transaction: StoreTransaction | None = None
+        #: The database alias of the transaction around the request that the
+        #: claim joined (:meth:`BaseStorage.joined_transaction`), if it did:
+        #: the claim is then rolled back with that transaction.
+        self.joined: str | None = None
         self._deadline: float | None = None
         self._delay = WAIT_FIRST_DELAY
 
@@ -171,6 +175,17 @@ class Exchange:
         )
         return self.error(KeyInUse(headers={"Retry-After": RETRY_AFTER}))
 
+    def rolled_back(self) -> HttpResponseBase:
+        """The view answered a success, but its writes are rolled back; the
+        key was released, and the client is told to retry."""
+        logger.error(
+            "Idempotency: the view answered a success, but its transaction is marked "
+            "to be rolled back, so its writes do not commit; the key was released and "
+            "the client is told to retry. key=%s",
+            self.key.log_id,
+        )
+        return self.error(TransactionRolledBack(headers={"Retry-After": RETRY_AFTER}))
+
     def commit_failed(self, exc: StorageError) -> HttpResponseBase:
         """Atomic mode: the transaction did not commit; nothing the view wrote stays."""
         logger.error(
@@ -211,6 +226,19 @@ class Exchange:
     def _signal(self, signal: Any, event: str, level: int) -> None:
         logger.log(level, "Idempotency key %s. key=%s", event, self.key.log_id)
         signal.send(sender=type(self.policy.storage), request=self.request, key=self.key)
+
+
+def _after(count: int, action: Callable[[], None]) -> Callable[..., None]:
+    """A callback that calls ``action`` on its ``count``-th call (each of
+    ``count`` conditions calls it once when met); its arguments are ignored."""
+    remaining = [count]
+
+    def step(*_: object) -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            action()
+
+    return step
 
 
 def render_error(
@@ -290,9 +318,10 @@ class Idempotency:
             return exchange
         policy = exchange.policy
         storage = policy.storage
+        exchange.joined = storage.joined_transaction()
         while True:
             try:
-                with storage.independent() if policy.atomic else nullcontext():
+                with storage.independent():
                     claim = storage.claim(exchange.key, ttl=policy.ttl, lease=policy.lock_timeout)
             except StorageError as exc:
                 return exchange.on_storage_error(exc)
@@ -341,14 +370,47 @@ class Idempotency:
             await asyncio.sleep(decision)
 
     def finish(self, exchange: Exchange, response: HttpResponseBase) -> HttpResponseBase:
-        """The view answered ``response``: complete the key with it (once it
-        is rendered, for template responses), or release the key if the
-        response does not count as done. Return the response to send, which
-        is the view's but in atomic mode when its commit fails."""
+        """The view answered ``response``: complete the key with it, or
+        release the key if the response does not count as done. Return the
+        response to send: the view's, unless its writes do not commit.
+
+        The key completes once the response is rendered (template responses
+        are rendered after the view) and once every transaction the view ran
+        inside has committed (``ATOMIC_REQUESTS``): never for writes that are
+        then rolled back."""
         if exchange.transaction is not None:
             return self._finish_atomic(exchange, exchange.transaction, response)
         if not exchange.keeps(response):
             self.abort(exchange, f"status {response.status_code}")
+            return response
+        if transactions.rolled_back():
+            return self._finish_rolled_back(exchange, response)
+        ready = _after(2, partial(self._complete, exchange, response))
+        if not defer_until_rendered(
+            response, ready, partial(self.abort, exchange, "rendering failed")
+        ):
+            ready()
+        if not transactions.after_commit(ready):
+            ready()
+        return response
+
+    def _finish_rolled_back(
+        self, exchange: Exchange, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        """The view answered, but its writes are rolled back: a transaction
+        it ran inside is marked for rollback, or, in atomic mode, its own.
+
+        A success must not reach the client for writes that did not commit:
+        the key is released and the client told to retry. An error (such as
+        Django REST framework's answer to a validation error) stands for
+        "nothing done", and completes the key as usual, apart from the
+        rolled-back transaction."""
+        if response.status_code < 400:
+            self.abort(exchange, "the view's writes were rolled back")
+            return exchange.rolled_back()
+        if exchange.joined and transactions.rolled_back(exchange.joined):
+            # The claim is in the request's transaction, and goes with it.
+            exchange.released("rolled back with the request's transaction")
         elif not defer_until_rendered(
             response,
             partial(self._complete, exchange),
@@ -380,12 +442,10 @@ class Idempotency:
             raise
         if transaction.rollback_only:
             # The view's writes are to be undone (it raised an exception its
-            # framework answered, see answered_exception()): store the answer alone.
+            # framework answered, see answered_exception(), or marked them so).
             exchange.transaction = None
             transaction.rollback()
-            with exchange.policy.storage.independent():
-                self._complete(exchange, response)
-            return response
+            return self._finish_rolled_back(exchange, response)
         try:
             done = exchange.policy.storage.complete(
                 exchange.key, exchange.claim_token, exchange.stored(response)
@@ -428,7 +488,11 @@ class Idempotency:
         try:
             if transaction is not None:
                 transaction.rollback(raised)
-            with storage.independent() if exchange.policy.atomic else nullcontext():
+            if exchange.joined and transactions.rolled_back(exchange.joined):
+                # The claim is in the request's transaction, and goes with it.
+                exchange.released(f"{reason}; rolled back with the request's transaction")
+                return
+            with storage.independent():
                 storage.release(exchange.key, exchange.claim_token)
         except StorageError as exc:
             exchange.finish_failed(exc, "release")
@@ -485,10 +549,12 @@ class Idempotency:
 
     @staticmethod
     def _complete(exchange: Exchange, response: HttpResponseBase) -> None:
+        storage = exchange.policy.storage
         try:
-            done = exchange.policy.storage.complete(
-                exchange.key, exchange.claim_token, exchange.stored(response)
-            )
+            with storage.independent():
+                done = storage.complete(
+                    exchange.key, exchange.claim_token, exchange.stored(response)
+                )
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
         else:

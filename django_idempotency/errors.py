@@ -89,6 +89,14 @@ class StorageUnavailable(IdempotencyError):
     default_detail = "Idempotency keys cannot be checked right now. Retry later."
 
 
+class TransactionRolledBack(IdempotencyError):
+    code = "idempotency_transaction_rolled_back"
+    status = 503
+    default_detail = (
+        "The request's changes were rolled back, so nothing was done. Retry the request."
+    )
+
+
 def _title(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

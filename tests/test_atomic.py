@@ -212,7 +212,7 @@ def test_with_atomic_requests_a_duplicate_sees_the_claim_while_the_first_runs(
     client: Client, serve: Callable[..., str], db_vendor: str
 ) -> None:
     if db_vendor == "sqlite":
-        pytest.skip("SQLite has one writer; see test_atomic_requests_on_sqlite_is_refused")
+        pytest.skip("on SQLite claims join the request's transaction (one writer): it waits")
     entered, release = threading.Event(), threading.Event()
     answers: list[Any] = []
 
@@ -243,10 +243,8 @@ def test_with_atomic_requests_a_duplicate_sees_the_claim_while_the_first_runs(
 
 @pytest.mark.usefixtures("with_atomic_requests")
 def test_with_atomic_requests_an_exception_releases_the_key_for_good(
-    client: Client, serve: Callable[..., str], db_vendor: str
+    client: Client, serve: Callable[..., str]
 ) -> None:
-    if db_vendor == "sqlite":
-        pytest.skip("SQLite has one writer; see test_atomic_requests_on_sqlite_is_refused")
     failures = [RuntimeError("boom")]
 
     @idempotent(atomic=True)
@@ -263,17 +261,6 @@ def test_with_atomic_requests_an_exception_releases_the_key_for_good(
     assert not IdempotencyKey.objects.exists()
     assert send(client, url).status_code == 201
     assert orders() == 1
-
-
-@pytest.mark.usefixtures("with_atomic_requests")
-def test_atomic_requests_on_sqlite_is_refused(
-    client: Client, serve: Callable[..., str], db_vendor: str
-) -> None:
-    if db_vendor != "sqlite":
-        pytest.skip("the second connection works on PostgreSQL and MariaDB")
-    url = serve(idempotent(atomic=True)(create))
-    with pytest.raises(ImproperlyConfigured, match="SQLite allows one writer"):
-        send(client, url)
 
 
 # -- what atomic mode refuses -------------------------------------------------------------------

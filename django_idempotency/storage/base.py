@@ -113,8 +113,10 @@ class BaseStorage:
     The ``a``-prefixed methods are the async versions; by default they run the
     sync ones in a thread. Stores with a native async client override them.
 
-    A store that shares a transaction with the view's own writes sets
-    ``supports_atomic`` and implements :meth:`begin` and :meth:`independent`
+    A store that keeps keys in the request's database implements
+    :meth:`independent` and :meth:`joined_transaction`, for views that
+    run inside a transaction; one that shares a transaction with the view's
+    own writes also sets ``supports_atomic`` and implements :meth:`begin`
     (atomic mode, ``atomic=True``).
     """
 
@@ -151,9 +153,18 @@ class BaseStorage:
         raise NotImplementedError(f"{type(self).__name__} has no atomic mode")
 
     def independent(self) -> AbstractContextManager[None]:
-        """A context in which claims and releases commit on their own, even
-        inside a transaction the request already has open (atomic mode)."""
+        """A context in which claims, completions and releases commit on their
+        own, even inside a transaction the request already has open
+        (``ATOMIC_REQUESTS``, a caller's ``atomic()``, atomic mode), and in
+        which a failed statement leaves that transaction usable."""
         return nullcontext()
+
+    def joined_transaction(self) -> str | None:
+        """The database alias whose transaction, opened around the request,
+        a claim made now becomes part of (and is rolled back with), or None
+        when claims commit on their own. Only stores that keep keys in the
+        request's database can join its transaction."""
+        return None
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
         """System check messages about this store's configuration."""

@@ -47,6 +47,7 @@ from django_idempotency.storage.base import (
     StorageError,
     StoreTransaction,
 )
+from django_idempotency.transactions import opened_by_request, opened_by_test
 
 #: How often a claim retries when the record it ran into vanished meanwhile.
 CLAIM_ATTEMPTS = 3
@@ -250,23 +251,41 @@ class DatabaseStorage(BaseStorage):
             )
         return DatabaseTransaction(alias)
 
-    @contextmanager
-    def independent(self) -> Iterator[None]:
-        """Inside a transaction (``ATOMIC_REQUESTS``, or the view's caller's
-        ``atomic()``), run the statements on a second connection to the same
-        database, which commits them at once: concurrent duplicates must see
-        the claim, and a release must outlive a rollback."""
+    def joined_transaction(self) -> str | None:
+        """Inside a transaction the request runs in, claims join it on SQLite
+        (one writer: a second connection would wait for the request's own) and
+        inside a test case's transaction (which never commits); elsewhere they
+        commit at once on a second connection (:meth:`independent`)."""
         alias = self.alias
         own = connections[alias]
-        if not own.in_atomic_block:
+        joins = opened_by_request(own) and (own.vendor == "sqlite" or opened_by_test(own))
+        return alias if joins else None
+
+    @contextmanager
+    def independent(self) -> Iterator[None]:
+        """Inside a transaction the request runs in (``ATOMIC_REQUESTS``, or the
+        view's caller's ``atomic()``), run the statements on a second
+        connection to the same database, which commits them at once: concurrent
+        duplicates must see the claim, a release must outlive a rollback, and a
+        failed statement must not break the request's transaction.
+
+        Where claims join the request's transaction instead
+        (:meth:`joined_transaction`), the statements run in a savepoint
+        of it, so that a failed one leaves the transaction usable."""
+        alias = self.alias
+        own = connections[alias]
+        if not opened_by_request(own):
             yield
             return
-        if own.vendor == "sqlite":
-            raise ImproperlyConfigured(
-                f"atomic=True inside a transaction on {alias!r} needs a second connection "
-                "to commit the claim, and SQLite allows one writer at a time: turn "
-                "ATOMIC_REQUESTS off for this database, or use PostgreSQL or MariaDB."
-            )
+        if self.joined_transaction():
+            if own.needs_rollback:
+                raise StorageError("the request's transaction is being rolled back")
+            try:
+                with transaction.atomic(using=alias):
+                    yield
+            except DatabaseError as exc:  # the savepoint's own statements
+                raise StorageError(str(exc)) from exc
+            return
         connections[alias] = _independent_connection(alias)
         try:
             yield
@@ -310,18 +329,20 @@ class DatabaseStorage(BaseStorage):
                 )
             ]
         alias = self.alias
-        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS") and not kwargs.get("atomic"):
+        if (
+            settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS")
+            and connections[alias].vendor == "sqlite"
+        ):
             return [
                 checks.Warning(
-                    f"ATOMIC_REQUESTS is on for the database {alias!r} that stores "
-                    "idempotency keys: claims commit only with the whole request, so "
-                    "concurrent duplicates wait for the first instead of being answered.",
+                    f"ATOMIC_REQUESTS is on for the SQLite database {alias!r} that stores "
+                    "idempotency keys: SQLite has one writer, so claims join the "
+                    "request's transaction and commit with it, and concurrent duplicates "
+                    "wait for the first request instead of being answered.",
                     hint=(
-                        "Set IDEMPOTENCY['ATOMIC'] = True, which commits claims on a "
-                        "connection of their own and completes keys with the request's "
-                        "transaction; or add a second DATABASES alias for the same "
-                        "database without ATOMIC_REQUESTS and set "
-                        "IDEMPOTENCY['STORAGE_OPTIONS'] = {'DATABASE': '<alias>'}."
+                        "This is fine for development. In production, keep the keys in "
+                        "PostgreSQL or MariaDB, where claims commit at once on a "
+                        "connection of their own."
                     ),
                     id="django_idempotency.W010",
                 )

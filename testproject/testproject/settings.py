@@ -166,7 +166,19 @@ DATABASES = {
     # The same database under a second alias: atomic mode refuses a view's
     # writes through another alias than the store's, and the tests show it.
     "secondary": {**_default_db, "TEST": {**_default_db.get("TEST", {}), "MIRROR": "default"}},
+    # Where a database router sends the keys in the tests: a database of its
+    # own on SQLite (two connections to one SQLite file cannot both write
+    # within one request), the same database elsewhere.
+    "keys": {**_default_db, "TEST": {**_default_db.get("TEST", {}), "MIRROR": "default"}},
 }
+if TEST_DATABASE == "sqlite":
+    DATABASES["keys"] = {
+        **_default_db,
+        "NAME": str(BASE_DIR / "keys.sqlite3"),
+        "TEST": {
+            "NAME": str(Path(tempfile.gettempdir()) / f"idempotency-keys-{os.getpid()}.sqlite3")
+        },
+    }
 
 
 # Caches: a django-redis cache for the Redis store, where django-redis is installed ---------
