@@ -373,14 +373,44 @@ def build_policy(overrides: Mapping[str, Any]) -> Policy:
     return Policy(**values)
 
 
-#: Response headers replayed by default. ``Set-Cookie`` and other headers that
-#: belong to one exchange are never on it.
+#: Response headers stored with the body and replayed with it, always (the
+#: ``replay_headers`` option adds to them). A replay must give back the same
+#: representation: the bytes and every header that says what they are, so
+#: that a client or cache reads them as it read the first answer. Hence:
+#:
+#: * RFC 9110's representation metadata (section 8.3-8.7): ``Content-Type``,
+#:   ``Content-Encoding`` (a gzip body without it cannot be decoded),
+#:   ``Content-Language``, ``Content-Location``; and its validators (section
+#:   8.8): ``ETag``, ``Last-Modified``.
+#: * What else describes the stored bytes: ``Content-Disposition`` (RFC 6266,
+#:   how to save them), ``Content-Range`` (RFC 9110 section 14.4, which part
+#:   a 206 holds), ``Content-Digest`` and ``Repr-Digest`` (RFC 9530, digests
+#:   of them), and ``Vary`` (RFC 9110 section 12.5.5, which request headers
+#:   chose this representation, without which a cache may serve it to a
+#:   client that cannot read it).
+#: * What the request produced: ``Location`` and ``Link``.
+#:
+#: Headers of one exchange are never on it: ``Date``, ``Set-Cookie``,
+#: ``Cache-Control``, ``Expires``, ``Age``, request ids, authentication
+#: challenges. Middleware adds its own headers to a replay as to any response.
 SAFE_REPLAY_HEADERS = (
     "Content-Type",
+    "Content-Encoding",
     "Content-Language",
-    "Location",
     "Content-Location",
     "ETag",
     "Last-Modified",
+    "Content-Disposition",
+    "Content-Range",
+    "Content-Digest",
+    "Repr-Digest",
+    "Vary",
+    "Location",
     "Link",
 )
+
+#: Never stored, even if ``replay_headers`` names them: ``Content-Length``
+#: frames one message and is derived from the replayed body (it changes when
+#: middleware compresses a replay); a raw ``Set-Cookie`` belongs to the
+#: client of the first exchange.
+NEVER_REPLAYED_HEADERS = frozenset({"content-length", "set-cookie"})

@@ -550,11 +550,12 @@ class Idempotency:
     @staticmethod
     def _complete(exchange: Exchange, response: HttpResponseBase) -> None:
         storage = exchange.policy.storage
+        # Captured first: reading a stream may run the view's own queries,
+        # which belong on the request's connection, not the store's.
+        stored = exchange.stored(response)
         try:
             with storage.independent():
-                done = storage.complete(
-                    exchange.key, exchange.claim_token, exchange.stored(response)
-                )
+                done = storage.complete(exchange.key, exchange.claim_token, stored)
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
         else:

@@ -79,7 +79,7 @@ class ResponseNotStored(IdempotencyError):
     status = 409
     default_detail = (
         "A request with this idempotency key was already processed, but its response "
-        "was streamed or too large to be stored, so it cannot be replayed."
+        "was too large or streamed without a known length, so it cannot be replayed."
     )
 
 

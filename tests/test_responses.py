@@ -96,26 +96,36 @@ class TestHeaders:
         assert replayed(retry)
         assert "basket" not in retry.cookies
 
-    def test_vary_of_the_view_is_not_replayed(self, client: Client, url: str) -> None:
-        send(client, url)
+    def test_vary_of_the_view_is_replayed(self, client: Client, url: str) -> None:
+        # Vary says which request headers chose the representation: caches need it.
+        first = send(client, url)
 
         retry = send(client, url)
 
-        assert "X-Tenant" not in retry.get("Vary", "")
+        assert replayed(retry)
+        assert retry["Vary"] == first["Vary"]
+        assert "X-Tenant" in retry["Vary"]
 
     def test_representation_headers_are_replayed(self, client: Client, url: str) -> None:
         first = send(client, url)
 
         retry = send(client, url)
 
-        for name in ("Content-Type", "Content-Language", "Location"):
+        for name in ("Content-Type", "Content-Language", "Location", "Vary"):
             assert retry[name] == first[name]
         assert IdempotencyKey.objects.get().response_headers is not None
         stored = {name.lower() for name, _ in IdempotencyKey.objects.get().response_headers}
-        assert stored == {"content-type", "content-language", "location"}
+        assert stored == {"content-type", "content-language", "location", "vary"}
 
+    @pytest.mark.parametrize(
+        "options",
+        [
+            pytest.param({}, id="default"),
+            pytest.param({"replay_headers": ["Set-Cookie"]}, id="listed"),
+        ],
+    )
     def test_raw_set_cookie_header_is_not_stored(
-        self, client: Client, serve: Callable[..., str]
+        self, client: Client, serve: Callable[..., str], options: dict[str, Any]
     ) -> None:
         def raw_cookie(request: HttpRequest) -> HttpResponse:
             new_order()
@@ -123,7 +133,7 @@ class TestHeaders:
             response["Set-Cookie"] = "session=abc123; HttpOnly"
             return response
 
-        url = serve(idempotent(raw_cookie))
+        url = serve(idempotent(**options)(raw_cookie))
         assert send(client, url)["Set-Cookie"] == "session=abc123; HttpOnly"
 
         retry = send(client, url)
@@ -235,7 +245,7 @@ class TestNotStored:
         ("view", "options", "status"),
         [
             pytest.param(streaming, {}, 201, id="streaming"),
-            pytest.param(file_download, {}, 200, id="file"),
+            pytest.param(file_download, {"max_body_size": 8}, 200, id="file over max_body_size"),
             pytest.param(too_big, {"max_body_size": 1024}, 202, id="over max_body_size"),
         ],
     )
