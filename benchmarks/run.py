@@ -215,12 +215,21 @@ def pool() -> Iterator[servers.Server]:
         server.cleanup()
 
 
-def clear_tables() -> None:
+def clear_stores() -> None:
+    """Delete the orders and keys of the benchmark's database, and its records in Redis."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         for table in ("demo_order", "django_idempotency_idempotencykey"):
             cursor.execute(f"DELETE FROM {table}")
+    try:
+        from django_redis import get_redis_connection
+    except ImportError:
+        return
+    redis = get_redis_connection("idempotency")
+    records = list(redis.scan_iter("bench:*", count=1000))
+    for start in range(0, len(records), 1000):
+        redis.delete(*records[start : start + 1000])
 
 
 # -- the parts ----------------------------------------------------------------------------------
@@ -588,7 +597,7 @@ def main() -> None:
     vendor = vendors[0]
     setup_django(vendor)
     prepare_database(vendor)
-    clear_tables()
+    clear_stores()
     from django.conf import settings
 
     variants = [
@@ -601,24 +610,28 @@ def main() -> None:
         f"\n=== {vendor}: {args.rounds} rounds x {args.duration:g} s per variant, "
         f"{args.concurrency} client threads, gunicorn 4 workers x 8 threads"
     )
-    with pool() as server:
-        print("\n-- throughput, latency and CPU, fresh keys")
-        measured = part_throughput(server, variants, args.rounds, args.duration, args.concurrency)
-        if args.plot:
-            write_chart(args.plot / f"{vendor}.svg", vendor, measured, args)
-        print("\n-- replays")
-        part_replays(server, args.duration, args.concurrency)
-        print("\n-- round trips per request")
-        part_round_trips(vendor)
-        print("\n-- bytes per stored key (1 KB JSON response)")
-        part_storage(vendor)
-        print("\n-- duplicate storm")
-        part_storm(server)
-        if vendor == "postgresql" and args.purge_rows:
-            print("\n-- purge")
-            clear_tables()
-            part_purge(server, args.purge_rows, args.duration, args.concurrency)
-    clear_tables()
+    try:
+        with pool() as server:
+            print("\n-- throughput, latency and CPU, fresh keys")
+            measured = part_throughput(
+                server, variants, args.rounds, args.duration, args.concurrency
+            )
+            if args.plot:
+                write_chart(args.plot / f"{vendor}.svg", vendor, measured, args)
+            print("\n-- replays")
+            part_replays(server, args.duration, args.concurrency)
+            print("\n-- round trips per request")
+            part_round_trips(vendor)
+            print("\n-- bytes per stored key (1 KB JSON response)")
+            part_storage(vendor)
+            print("\n-- duplicate storm")
+            part_storm(server)
+            if vendor == "postgresql" and args.purge_rows:
+                print("\n-- purge")
+                clear_stores()
+                part_purge(server, args.purge_rows, args.duration, args.concurrency)
+    finally:
+        clear_stores()
 
 
 if __name__ == "__main__":

@@ -87,5 +87,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="django_idempotency.E006",
                 )
             )
-        messages.extend(storage.check(atomic=values["atomic"]))
+        # Checks given databases (check --database, migrate) may reach servers.
+        messages.extend(storage.check(atomic=values["atomic"], databases=kwargs.get("databases")))
     return messages

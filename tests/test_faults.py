@@ -67,6 +67,13 @@ class Rig:
     store: str
     proxy: Proxy
     server: servers.Server
+    redis_prefix: str | None = None
+
+    def clear(self) -> None:
+        """Delete the keys the pool stored in Redis, reached directly rather
+        than through the proxy. (Those in the test database go with the flush
+        that ends each test.)"""
+        clear_redis(self.redis_prefix)
 
     def post(self, path: str, key: str, **headers: str) -> Answer:
         conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=30)
@@ -96,6 +103,13 @@ class Rig:
         return answers
 
 
+def clear_redis(prefix: str | None) -> None:
+    if prefix is not None:
+        import redis_servers
+
+        redis_servers.delete_keys(prefix)
+
+
 @pytest.fixture(scope="module", params=["database", "redis"])
 def rig(
     request: pytest.FixtureRequest, django_db_setup: None, django_db_blocker: Any
@@ -103,22 +117,31 @@ def rig(
     if connection.vendor == "sqlite":
         pytest.skip("fault tests run against server databases (PostgreSQL, MariaDB)")
     env = {"IDEMPOTENCY_TEST_FAULTS": "1"}
+    redis_prefix = None
     if request.param == "redis":
         pytest.importorskip("django_redis", reason="the redis extra is not installed")
         url = urlparse(settings.CACHES["idempotency"]["LOCATION"])
         proxy = Proxy(url.hostname or "127.0.0.1", url.port or 6379)
+        redis_prefix = f"faults-{uuid.uuid4().hex[:8]}"
         env["IDEMPOTENCY_TEST_STORE"] = "redis"
-        env["IDEMPOTENCY_TEST_REDIS_PREFIX"] = f"faults-{uuid.uuid4().hex[:8]}"
+        env["IDEMPOTENCY_TEST_REDIS_PREFIX"] = redis_prefix
         env["IDEMPOTENCY_REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}"
     else:
         database = connection.settings_dict
         proxy = Proxy(database["HOST"] or "127.0.0.1", int(database["PORT"]))
         env["IDEMPOTENCY_TEST_STORE_DB_PORT"] = str(proxy.port)
-    server = servers.start(connection.settings_dict["NAME"], workers=2, threads=4, extra_env=env)
-    yield Rig(request.param, proxy, server)
-    server.stop()
-    server.cleanup()
-    proxy.close()
+    try:
+        server = servers.start(
+            connection.settings_dict["NAME"], workers=2, threads=4, extra_env=env
+        )
+        try:
+            yield Rig(request.param, proxy, server, redis_prefix)
+        finally:
+            server.stop()
+            server.cleanup()
+    finally:
+        proxy.close()
+        clear_redis(redis_prefix)
 
 
 @pytest.fixture
@@ -126,6 +149,7 @@ def key(rig: Rig) -> Iterator[str]:
     rig.proxy.restore()
     yield f"fault-{uuid.uuid4().hex}"
     rig.proxy.restore()
+    rig.clear()
 
 
 def runs(path_item: str) -> int:

