@@ -89,6 +89,12 @@ class Exchange:
         self._delay = WAIT_FIRST_DELAY
 
     @property
+    def claim_rolled_back(self) -> bool:
+        """Whether the claim joined a transaction around the request that is
+        now marked for rollback: the key is free again with it."""
+        return self.joined is not None and transactions.rolled_back(self.joined)
+
+    @property
     def claim_token(self) -> str:
         """The token of the claim this request owns (only once it won it)."""
         assert self.token is not None, "the request does not own a claim"
@@ -408,8 +414,7 @@ class Idempotency:
         if response.status_code < 400:
             self.abort(exchange, "the view's writes were rolled back")
             return exchange.rolled_back()
-        if exchange.joined and transactions.rolled_back(exchange.joined):
-            # The claim is in the request's transaction, and goes with it.
+        if exchange.claim_rolled_back:
             exchange.released("rolled back with the request's transaction")
         elif not defer_until_rendered(
             response,
@@ -488,8 +493,7 @@ class Idempotency:
         try:
             if transaction is not None:
                 transaction.rollback(raised)
-            if exchange.joined and transactions.rolled_back(exchange.joined):
-                # The claim is in the request's transaction, and goes with it.
+            if exchange.claim_rolled_back:
                 exchange.released(f"{reason}; rolled back with the request's transaction")
                 return
             with storage.independent():

@@ -130,3 +130,15 @@ def redis_store() -> Iterator[Any]:
     client = store.client()
     for redis_key in client.scan_iter(match=f"{store.key_prefix}:*"):
         client.delete(redis_key)
+
+
+@pytest.fixture(params=["database", "redis"])
+def store(request: pytest.FixtureRequest) -> Any:
+    """The database store, then the Redis store (the ``redis_store`` fixture):
+    a test that takes it runs once on each. Modules with stores of their own
+    define a ``store`` fixture that replaces this one."""
+    if request.param == "database":
+        from django_idempotency.storage import DatabaseStorage
+
+        return DatabaseStorage()
+    return request.getfixturevalue("redis_store")

@@ -25,7 +25,7 @@ from django_idempotency.fingerprint import (
     json_fingerprint,
     request_fingerprint,
 )
-from django_idempotency.storage import BaseStorage, DatabaseStorage
+from django_idempotency.storage import BaseStorage
 
 factory = RequestFactory()
 async_factory = AsyncRequestFactory()
@@ -438,14 +438,6 @@ class TestUploads:
 
 
 # -- through a protected view, on each store -------------------------------------------------
-
-
-@pytest.fixture(params=["database", "redis"])
-def store(request: pytest.FixtureRequest) -> BaseStorage:
-    if request.param == "database":
-        return DatabaseStorage()
-    redis_store: BaseStorage = request.getfixturevalue("redis_store")
-    return redis_store
 
 
 @pytest.fixture

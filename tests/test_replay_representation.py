@@ -26,7 +26,7 @@ from django.views.decorators.gzip import gzip_page
 from helpers import KEY, ORDER, View, asend, problem, replayed, send
 
 from django_idempotency.decorators import idempotent
-from django_idempotency.storage import BaseStorage, DatabaseStorage
+from django_idempotency.storage import BaseStorage
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as Response
@@ -47,14 +47,6 @@ GZIP_MIDDLEWARE = "django.middleware.gzip.GZipMiddleware"
 CONDITIONAL_GET_MIDDLEWARE = "django.middleware.http.ConditionalGetMiddleware"
 
 ACCEPTS_GZIP = {"Accept-Encoding": "gzip"}
-
-
-@pytest.fixture(params=["database", "redis"])
-def store(request: pytest.FixtureRequest) -> BaseStorage:
-    if request.param == "database":
-        return DatabaseStorage()
-    redis_store: BaseStorage = request.getfixturevalue("redis_store")
-    return redis_store
 
 
 @pytest.fixture

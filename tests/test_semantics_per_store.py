@@ -21,17 +21,9 @@ from helpers import create_order, drf_protected, in_flight_claim, orders, proble
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.responses import StoredResponse
-from django_idempotency.storage import BaseStorage, DatabaseStorage
+from django_idempotency.storage import BaseStorage
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(params=["database", "redis"])
-def store(request: pytest.FixtureRequest) -> BaseStorage:
-    if request.param == "database":
-        return DatabaseStorage()
-    redis_store: BaseStorage = request.getfixturevalue("redis_store")
-    return redis_store
 
 
 Protect = Callable[..., str]
