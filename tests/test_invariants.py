@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings as project
 from django.db import connection, connections, router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.template import engines
@@ -82,7 +83,13 @@ class Setup:
 
 
 def setups(*, stores: tuple[str, ...] = STORES) -> list[Any]:
-    combos = itertools.product(stores, MODES, (False, True), (0, None), HANDLERS, VIEWS)
+    """Every combination, but atomic mode off the default alias, and the
+    Redis store and DRF views where their extras are not installed (the
+    core-only run)."""
+    if not project.HAS_REDIS:
+        stores = tuple(store for store in stores if store != "redis")
+    views = VIEWS if project.HAS_DRF else tuple(view for view in VIEWS if view != "drf")
+    combos = itertools.product(stores, MODES, (False, True), (0, None), HANDLERS, views)
     return [
         pytest.param(Setup(*combo), id=Setup(*combo).id)
         for combo in combos
