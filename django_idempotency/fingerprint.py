@@ -103,9 +103,16 @@ def request_body(request: HttpRequest) -> bytes:
     (uploads are streamed to disk), and are gone once ``request.POST`` was
     read, as ``CsrfViewMiddleware`` does before the view.
     """
-    if request.content_type == "multipart/form-data":
+    if is_multipart(request):
         return b"multipart:" + _form_bytes(request)
     return request.body
+
+
+def is_multipart(request: HttpRequest) -> bool:
+    """Whether the body is a multipart form, read from the ``Content-Type``
+    header itself (a DRF ``Request.content_type`` holds its parameters too)."""
+    media_type, _ = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+    return media_type.lower() == "multipart/form-data"
 
 
 def request_fingerprint(request: HttpRequest) -> str:

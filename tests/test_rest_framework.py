@@ -436,6 +436,37 @@ def test_multipart_upload_is_fingerprinted_from_its_parts(
     assert orders() == 1
 
 
+def test_multipart_retry_with_another_boundary_is_a_replay(
+    client: Client, serve: Callable[..., str], settings: Any
+) -> None:
+    """Clients make a new random boundary for each request, retries included;
+    the upload is larger than DATA_UPLOAD_MAX_MEMORY_SIZE, which limits what
+    is read into memory, not files streamed to disk."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test.client import encode_multipart
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    url = serve(Uploads.as_view())
+
+    def upload(boundary: str) -> Any:
+        receipt = SimpleUploadedFile("receipt.txt", b"x" * 5000, content_type="text/plain")
+        body = encode_multipart(boundary, {"item": "tea", "receipt": receipt})
+        return client.post(
+            url,
+            body,
+            content_type=f"multipart/form-data; boundary={boundary}",
+            headers={"Idempotency-Key": KEY},
+        )
+
+    first = upload("----first7MA4YWxkTrZu0gW")
+    retry = upload("----retry5Fh3QxwZ9pLk2Rd")
+
+    assert first.status_code == 201
+    assert json.loads(first.content)["size"] == 5000
+    assert replayed(retry)
+    assert orders() == 1
+
+
 # -- errors through the project's exception handler ---------------------------------------------
 
 

@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from django_idempotency import conf
 from django_idempotency.engine import Exchange, Idempotency, protects
+from django_idempotency.fingerprint import is_multipart
 from django_idempotency.rest_framework.exceptions import error_renderer
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ def _keep_body(request: Request) -> None:
     """Read the request's body into memory, where the fingerprint finds it
     after a parser has read the stream; a multipart form is fingerprinted
     from its parsed parts instead, and streamed to disk as DRF parses it."""
-    if request.content_type != "multipart/form-data":
+    if not is_multipart(request):
         request.body  # noqa: B018
 
 
