@@ -155,6 +155,8 @@ class Behaviour:
     def __init__(self) -> None:
         self.runs = 0
         self.doomed = False
+        #: Where the view is served.
+        self.url = ""
 
     def order(self, data: dict[str, Any]) -> Order | None:
         """Run once: the order created, or None for an invalid request."""
@@ -205,7 +207,7 @@ def serve_view(serve: Callable[..., str], setup: Setup, store: Any, **options: A
         view = drf_protected(drf_handler, options)
     else:
         view = idempotent(**options)(function_view if setup.view == "function" else template_view)
-    behaviour.url = serve(view)  # type: ignore[attr-defined]
+    behaviour.url = serve(view)
     return behaviour
 
 
@@ -286,8 +288,8 @@ def test_a_success_commits_and_its_retry_is_a_replay(
 ) -> None:
     view = serve_view(serve, setup, configure(setup))
 
-    first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")  # type: ignore[attr-defined]
-    retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")  # type: ignore[attr-defined]
+    first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")
+    retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")
 
     assert first.status_code == 201
     assert orders_of("tea") == 1
@@ -307,7 +309,7 @@ def test_a_failed_completion_never_answers_a_success_for_lost_writes(
     view = serve_view(serve, setup, configure(setup))
     failing_statement("COMPLETE")
 
-    first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")  # type: ignore[attr-defined]
+    first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")
 
     if first.status_code < 300:
         assert orders_of("tea") == 1, "a success was sent for writes that did not commit"
@@ -316,7 +318,7 @@ def test_a_failed_completion_never_answers_a_success_for_lost_writes(
         # client is told so, and the key is free for the retry.
         problem(first, 503, "idempotency_storage_unavailable")
         assert orders_of("tea") == 0
-        retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")  # type: ignore[attr-defined]
+        retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")
         assert retry.status_code == 503
         assert orders_of("tea") == 0
     else:
@@ -324,7 +326,7 @@ def test_a_failed_completion_never_answers_a_success_for_lost_writes(
         # the client gets its answer, and the claim stays in progress until
         # its lease passes (a retry meanwhile runs nothing).
         assert first.status_code == 201
-        retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")  # type: ignore[attr-defined]
+        retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")
         problem(retry, 409, "idempotency_key_in_use")
         assert view.runs == 1
         assert orders_of("tea") == 1
@@ -336,8 +338,8 @@ def test_an_error_answer_is_stored_and_replayed(
 ) -> None:
     view = serve_view(serve, setup, configure(setup))
 
-    first = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")  # type: ignore[attr-defined]
-    retry = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")  # type: ignore[attr-defined]
+    first = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")
+    retry = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")
 
     assert first.status_code == 400
     assert retry.status_code == 400
@@ -372,9 +374,9 @@ def test_a_success_whose_writes_roll_back_is_never_sent(
 ) -> None:
     view = serve_view(serve, setup, configure(setup))
 
-    first = post(setup, view.url, {"item": "tea", "then": "doom"}, "key-d")  # type: ignore[attr-defined]
+    first = post(setup, view.url, {"item": "tea", "then": "doom"}, "key-d")
     committed = orders_of("tea")
-    retry = post(setup, view.url, {"item": "tea", "then": "doom"}, "key-d")  # type: ignore[attr-defined]
+    retry = post(setup, view.url, {"item": "tea", "then": "doom"}, "key-d")
 
     if first.status_code < 300:
         assert committed == 1, "a success was sent for writes that did not commit"
@@ -409,7 +411,7 @@ def test_a_store_that_fails_the_claim(
         failing_statement("INSERT")
     view = serve_view(serve, setup, store, fail_open=fail_open)
 
-    answer = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-e")  # type: ignore[attr-defined]
+    answer = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-e")
 
     if fail_open:
         # The view runs as it would unprotected: its transaction is intact.
@@ -473,7 +475,7 @@ def test_a_duplicate_is_answered_while_the_first_runs(
 
     def first() -> None:
         try:
-            answers.append(post(setup, view.url, {"item": "tea"}, "key-f"))  # type: ignore[attr-defined]
+            answers.append(post(setup, view.url, {"item": "tea"}, "key-f"))
         finally:
             connections.close_all()
 
@@ -482,11 +484,11 @@ def test_a_duplicate_is_answered_while_the_first_runs(
     try:
         assert entered.wait(10)
         view.order = original  # type: ignore[method-assign]
-        problem(post(setup, view.url, {"item": "tea"}, "key-f"), 409, "idempotency_key_in_use")  # type: ignore[attr-defined]
+        problem(post(setup, view.url, {"item": "tea"}, "key-f"), 409, "idempotency_key_in_use")
     finally:
         release.set()
         thread.join()
     assert answers[0].status_code == 201
-    assert replayed(post(setup, view.url, {"item": "tea"}, "key-f"))  # type: ignore[attr-defined]
+    assert replayed(post(setup, view.url, {"item": "tea"}, "key-f"))
     assert orders_of("tea") == 1
     assert orders() == 1

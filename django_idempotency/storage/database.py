@@ -166,6 +166,12 @@ def close_independent_connections(**kwargs: Any) -> None:
 request_finished.connect(close_independent_connections)
 
 
+def _joins(connection: Any) -> bool:
+    """Whether statements inside a transaction open on ``connection`` join it
+    rather than commit on a second connection: on SQLite, and in a test case."""
+    return connection.vendor == "sqlite" or opened_by_test(connection)
+
+
 def _delete(queryset: Any) -> int:
     """One DELETE statement, without the transaction ``QuerySet.delete()``
     opens for its collector: the model has no relations and sends no signals."""
@@ -258,8 +264,7 @@ class DatabaseStorage(BaseStorage):
         commit at once on a second connection (:meth:`independent`)."""
         alias = self.alias
         own = connections[alias]
-        joins = opened_by_request(own) and (own.vendor == "sqlite" or opened_by_test(own))
-        return alias if joins else None
+        return alias if opened_by_request(own) and _joins(own) else None
 
     @contextmanager
     def independent(self) -> Iterator[None]:
@@ -277,7 +282,7 @@ class DatabaseStorage(BaseStorage):
         if not opened_by_request(own):
             yield
             return
-        if self.joined_transaction():
+        if _joins(own):
             if own.needs_rollback:
                 raise StorageError("the request's transaction is being rolled back")
             try:
