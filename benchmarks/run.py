@@ -20,8 +20,8 @@ database, Redis) minus this process's own.
 
 Then: replays against first executions, round trips per request counted in
 the database's statements and in Redis' command statistics, bytes per stored
-key, the duplicate storm, and (PostgreSQL) purging a million expired keys,
-alone and under traffic.
+key, what keeping leases alive costs, the duplicate storm, and (PostgreSQL)
+purging a million expired keys, alone and under traffic.
 """
 
 from __future__ import annotations
@@ -425,6 +425,76 @@ def part_storage(vendor: str) -> None:
         print(f"  redis record: {statistics.mean(sizes):.0f} bytes on average ({len(sizes)} keys)")
 
 
+def part_leases(vendor: str, held: int = 1000) -> None:
+    """What keeping leases alive costs, per store, in this process.
+
+    A request faster than a third of its lease never reaches the store for
+    it: its cost is registering and dropping its lease with the renewer
+    (timed here against the plain view's request). A slower one costs one
+    renewal per third of the lease, made by the process's renewer thread:
+    timed here one by one against a completion, and as one round over
+    ``held`` live claims (what the renewer does every third of a lease)."""
+    from django.test import Client
+
+    from django_idempotency import leases
+    from django_idempotency.responses import StoredResponse
+    from django_idempotency.storage import BaseStorage, DatabaseStorage, RequestKey
+
+    client = Client()
+    samples = 300
+    started = time.perf_counter()
+    for _ in range(samples):
+        client.post(
+            VARIANTS["plain"], json.dumps({"item": "lease"}), content_type="application/json"
+        )
+    plain_us = (time.perf_counter() - started) / samples * 1e6
+
+    stores: list[tuple[str, BaseStorage]] = [(f"database ({vendor})", DatabaseStorage())]
+    try:
+        from django_idempotency.storage import RedisStorage
+    except ImportError:
+        pass
+    else:
+        stores.append(("redis", RedisStorage(cache_alias="idempotency", key_prefix="bench")))
+
+    key = RequestKey(scope="bench-leases", key="hold", fingerprint="fp")
+    rounds = 20_000
+    started = time.perf_counter()
+    for _ in range(rounds):
+        lease = leases.Lease(
+            stores[0][1], key, "token", length=30.0, limit=300.0, since=time.monotonic()
+        ).start()
+        lease.stop()
+    hold_us = (time.perf_counter() - started) / rounds * 1e6
+    print(
+        f"  a request faster than a third of its lease: {hold_us:.1f} us to hold and drop its "
+        f"lease, {hold_us / plain_us:.2%} of the plain view's request ({plain_us:.0f} us, "
+        "test client); no store round trip"
+    )
+    response = StoredResponse(status=201, body=b"x" * 1024)
+    for label, store in stores:
+        claims = []
+        for n in range(held):
+            request_key = RequestKey(scope="bench-leases", key=uuid.uuid4().hex, fingerprint="fp")
+            claim = store.claim(request_key, ttl=600, lease=600)
+            assert claim.token is not None
+            claims.append((request_key, claim.token, n))
+        started = time.perf_counter()
+        for request_key, token, _n in claims:
+            store.renew(request_key, token, lease=600)
+        round_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for request_key, token, _n in claims:
+            store.complete(request_key, token, response)
+        complete_s = time.perf_counter() - started
+        print(
+            f"  {label}: one renewal {round_s / held * 1e3:.3f} ms "
+            f"({round_s / complete_s:.2f}x a completion); a round over {held} live claims "
+            f"{round_s * 1e3:.0f} ms, {round_s / 10:.1%} of the renewer's time at the "
+            "default LOCK_TIMEOUT (a round every 10 s)"
+        )
+
+
 def part_storm(server: servers.Server, keys: int = 50, copies: int = 16) -> None:
     from demo.models import Order
 
@@ -570,6 +640,10 @@ def write_chart(
     print(f"  chart: {path}")
 
 
+#: The parts of a run, in their order.
+PARTS = ("throughput", "replays", "round-trips", "storage", "leases", "storm", "purge")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--databases", default="postgresql,mariadb")
@@ -580,7 +654,15 @@ def main() -> None:
     parser.add_argument(
         "--plot", metavar="DIR", type=Path, help="write DIR/<database>.svg, a chart of the ratios"
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"the parts to run, comma-separated (default: all of {', '.join(PARTS)})",
+    )
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
     vendors = [v.strip() for v in args.databases.split(",") if v.strip()]
     if len(vendors) > 1:
         # One Django setup per process: each database in a run of its own.
@@ -589,6 +671,7 @@ def main() -> None:
             f"--duration={args.duration}",
             f"--concurrency={args.concurrency}",
             f"--purge-rows={args.purge_rows}",
+            f"--parts={args.parts}",
             *([f"--plot={args.plot}"] if args.plot else []),
         ]
         for vendor in vendors:
@@ -612,21 +695,29 @@ def main() -> None:
     )
     try:
         with pool() as server:
-            print("\n-- throughput, latency and CPU, fresh keys")
-            measured = part_throughput(
-                server, variants, args.rounds, args.duration, args.concurrency
-            )
-            if args.plot:
-                write_chart(args.plot / f"{vendor}.svg", vendor, measured, args)
-            print("\n-- replays")
-            part_replays(server, args.duration, args.concurrency)
-            print("\n-- round trips per request")
-            part_round_trips(vendor)
-            print("\n-- bytes per stored key (1 KB JSON response)")
-            part_storage(vendor)
-            print("\n-- duplicate storm")
-            part_storm(server)
-            if vendor == "postgresql" and args.purge_rows:
+            if "throughput" in parts:
+                print("\n-- throughput, latency and CPU, fresh keys")
+                measured = part_throughput(
+                    server, variants, args.rounds, args.duration, args.concurrency
+                )
+                if args.plot:
+                    write_chart(args.plot / f"{vendor}.svg", vendor, measured, args)
+            if "replays" in parts:
+                print("\n-- replays")
+                part_replays(server, args.duration, args.concurrency)
+            if "round-trips" in parts:
+                print("\n-- round trips per request")
+                part_round_trips(vendor)
+            if "storage" in parts:
+                print("\n-- bytes per stored key (1 KB JSON response)")
+                part_storage(vendor)
+            if "leases" in parts:
+                print("\n-- leases kept alive")
+                part_leases(vendor)
+            if "storm" in parts:
+                print("\n-- duplicate storm")
+                part_storm(server)
+            if "purge" in parts and vendor == "postgresql" and args.purge_rows:
                 print("\n-- purge")
                 clear_stores()
                 part_purge(server, args.purge_rows, args.duration, args.concurrency)

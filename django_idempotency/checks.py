@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from django_idempotency import conf
 
@@ -15,8 +15,8 @@ from django_idempotency import conf
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E001 not a dict, E002 unknown key, E003 bad value, E004 storage,
-    E005 lock_timeout not below ttl, E006 ATOMIC with a store that cannot;
-    then the store's own checks."""
+    E005 lock_timeout not below ttl, E006 ATOMIC with a store that cannot,
+    W030 a store that cannot renew leases; then the store's own checks."""
     configured = getattr(settings, conf.SETTINGS_NAME, {})
     if not isinstance(configured, Mapping):
         return [
@@ -85,6 +85,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     f"{conf.SETTINGS_NAME}['ATOMIC']: {problem}.",
                     hint="Turn ATOMIC off, or keep the keys in the view's database.",
                     id="django_idempotency.E006",
+                )
+            )
+        if not storage.renews_leases:
+            messages.append(
+                Warning(
+                    f"The idempotency storage {type(storage).__name__} does not implement "
+                    "renew(): a claim is kept for one LOCK_TIMEOUT only, so a view that "
+                    "runs longer than that may run again for a retry.",
+                    hint="Implement BaseStorage.renew() in the store (see the storage "
+                    "reference), or set LOCK_TIMEOUT above the slowest run of a view.",
+                    id="django_idempotency.W030",
                 )
             )
         # Checks given databases (check --database, migrate) may reach servers.

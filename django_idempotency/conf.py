@@ -195,6 +195,8 @@ OPTIONS: dict[str, Option] = {
         Option("fingerprint_func", "django_idempotency.fingerprint.request_fingerprint", _callable),
         Option("ttl", 24 * 60 * 60, _seconds),
         Option("lock_timeout", 30, _seconds),
+        Option("max_lock_time", 5 * 60, _seconds),
+        Option("completion_timeout", 10, _seconds),
         Option("store_if", "django_idempotency.responses.store_if_not_server_error", _callable),
         Option("on_conflict", 409, _on_conflict),
         Option("wait_timeout", 10, _seconds),
@@ -229,6 +231,8 @@ class Policy:
     fingerprint_func: FingerprintFunc
     ttl: float
     lock_timeout: float
+    max_lock_time: float
+    completion_timeout: float
     store_if: StoreIf
     on_conflict: int | Literal["wait"]
     wait_timeout: float
@@ -240,6 +244,12 @@ class Policy:
     max_body_size: int
     atomic: bool
     replayable_headers: frozenset[str] = field(default=frozenset())
+
+    @property
+    def lock_limit(self) -> float:
+        """The longest a live request keeps its key by renewing its lease:
+        ``max_lock_time``, and never past the record's ``ttl``."""
+        return min(self.max_lock_time, self.ttl)
 
 
 # -- reading the settings ------------------------------------------------------

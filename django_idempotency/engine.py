@@ -18,13 +18,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 
-from django_idempotency import conf, signals, transactions
+from django_idempotency import conf, leases, signals, transactions
 from django_idempotency.conf import ErrorResponse, Policy
 from django_idempotency.errors import (
     IdempotencyError,
@@ -44,9 +44,17 @@ from django_idempotency.responses import (
     render_now,
     replay,
 )
-from django_idempotency.storage.base import Claim, RequestKey, StorageError, StoreTransaction
+from django_idempotency.storage.base import (
+    BaseStorage,
+    Claim,
+    RequestKey,
+    StorageError,
+    StoreTransaction,
+)
 
 logger = logging.getLogger("django_idempotency")
+
+T = TypeVar("T")
 
 #: How long ``on_conflict="wait"`` sleeps between looks at the first request:
 #: from the first delay, doubling up to the longest.
@@ -85,6 +93,9 @@ class Exchange:
         #: claim joined (:meth:`BaseStorage.joined_transaction`), if it did:
         #: the claim is then rolled back with that transaction.
         self.joined: str | None = None
+        #: The lease of the claim, renewed while the view runs (None where
+        #: the claim joined the request's transaction: nothing else sees it).
+        self.lease: leases.Lease | None = None
         self._deadline: float | None = None
         self._delay = WAIT_FIRST_DELAY
 
@@ -160,6 +171,33 @@ class Exchange:
         logger.error("Idempotency store unavailable (%s). key=%s", exc, self.key.log_id)
         return self.error(StorageUnavailable(headers={"Retry-After": RETRY_AFTER}))
 
+    def hold_lease(self, since: float) -> None:
+        """The claim sent at ``since`` (monotonic) is won: keep its lease
+        alive while the view runs, unless it joined the request's
+        transaction (no other request can see it before that commits)."""
+        storage = self.policy.storage
+        if self.joined is None and storage.renews_leases:
+            self.lease = leases.Lease(
+                storage,
+                self.key,
+                self.claim_token,
+                length=self.policy.lock_timeout,
+                limit=self.policy.lock_limit,
+                since=since,
+            ).start()
+
+    def settle(self, operation: Callable[[], T]) -> T:
+        """Complete or release the claim with ``operation``, retrying while
+        the store fails (:func:`leases.settle`); then its lease ends."""
+        return leases.settle(self.lease, self.policy.completion_timeout, operation)
+
+    async def asettle(self, operation: Callable[[], Awaitable[T]]) -> T:
+        return await leases.asettle(self.lease, self.policy.completion_timeout, operation)
+
+    def end_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.stop()
+
     # -- after the view --------------------------------------------------------
 
     def keeps(self, response: HttpResponseBase) -> bool:
@@ -174,9 +212,10 @@ class Exchange:
         its writes were rolled back; the client retries and gets the other
         request's answer."""
         logger.warning(
-            "Idempotency claim lost before commit (the view outlived its lock_timeout "
-            "and another request took the key over); the view's writes were rolled "
-            "back. key=%s",
+            "Idempotency claim lost before commit (its lease ran out: the view "
+            "outlived max_lock_time, or the store was unreachable for longer than "
+            "lock_timeout, and another request took the key over); the view's writes "
+            "were rolled back. key=%s",
             self.key.log_id,
         )
         return self.error(KeyInUse(headers={"Retry-After": RETRY_AFTER}))
@@ -206,8 +245,9 @@ class Exchange:
             self._signal(signals.key_completed, "completed", logging.DEBUG)
         else:
             logger.warning(
-                "Idempotency claim lost before completion (the view outlived its "
-                "lock_timeout and another request took the key over); the response "
+                "Idempotency claim lost before completion (its lease ran out: the view "
+                "outlived max_lock_time, or the store was unreachable for longer than "
+                "lock_timeout, and another request took the key over); the response "
                 "was not stored. key=%s",
                 self.key.log_id,
             )
@@ -217,8 +257,9 @@ class Exchange:
 
     def finish_failed(self, exc: StorageError, stage: str) -> None:
         logger.error(
-            "Idempotency store unavailable at %s (%s); the claim stays until its "
-            "lock_timeout passes. key=%s",
+            "Idempotency store unavailable at %s (%s), retried until the claim's lease "
+            "or completion_timeout ran out; the claim stays until its lease passes. "
+            "key=%s",
             stage,
             exc,
             self.key.log_id,
@@ -326,6 +367,7 @@ class Idempotency:
         storage = policy.storage
         exchange.joined = storage.joined_transaction()
         while True:
+            sent = time.monotonic()
             try:
                 with storage.independent():
                     claim = storage.claim(exchange.key, ttl=policy.ttl, lease=policy.lock_timeout)
@@ -337,6 +379,7 @@ class Idempotency:
             time.sleep(decision)
         if decision is not None:
             return decision
+        exchange.hold_lease(sent)
         if policy.atomic:
             try:
                 exchange.transaction = storage.begin()
@@ -366,13 +409,17 @@ class Idempotency:
         storage = exchange.policy.storage
         ttl, lease = exchange.policy.ttl, exchange.policy.lock_timeout
         while True:
+            sent = time.monotonic()
             try:
                 claim = await storage.aclaim(exchange.key, ttl=ttl, lease=lease)
             except StorageError as exc:
                 return exchange.on_storage_error(exc)
             decision = exchange.on_claim(claim)
+            if decision is None:
+                exchange.hold_lease(sent)
+                return exchange
             if not isinstance(decision, float):
-                return exchange if decision is None else decision
+                return decision
             await asyncio.sleep(decision)
 
     def finish(self, exchange: Exchange, response: HttpResponseBase) -> HttpResponseBase:
@@ -384,8 +431,15 @@ class Idempotency:
         are rendered after the view) and once every transaction the view ran
         inside has committed (``ATOMIC_REQUESTS``): never for writes that are
         then rolled back."""
+        if exchange.lease is not None:
+            exchange.lease.stop_when_closed(response)
         if exchange.transaction is not None:
-            return self._finish_atomic(exchange, exchange.transaction, response)
+            try:
+                return self._finish_atomic(exchange, exchange.transaction, response)
+            except BaseException as exc:  # capturing the response raised
+                if exchange.transaction is not None:
+                    self.abort(exchange, "completion failed", exc)
+                raise
         if not exchange.keeps(response):
             self.abort(exchange, f"status {response.status_code}")
             return response
@@ -460,6 +514,7 @@ class Idempotency:
             return exchange.commit_failed(exc)
         if not done:
             exchange.transaction = None
+            exchange.end_lease()
             transaction.rollback()
             return exchange.lease_lost()
         exchange.transaction = None
@@ -468,11 +523,14 @@ class Idempotency:
         except StorageError as exc:
             self.abort(exchange, "commit failed")
             return exchange.commit_failed(exc)
+        exchange.end_lease()
         exchange.completed(True)
         return response
 
     async def afinish(self, exchange: Exchange, response: HttpResponseBase) -> HttpResponseBase:
         """:meth:`finish` for async views (which have no atomic mode)."""
+        if exchange.lease is not None:
+            exchange.lease.stop_when_closed(response)
         if not exchange.keeps(response):
             await self.aabort(exchange, f"status {response.status_code}")
         elif not defer_until_rendered(
@@ -496,22 +554,26 @@ class Idempotency:
             if exchange.claim_rolled_back:
                 exchange.released(f"{reason}; rolled back with the request's transaction")
                 return
-            with storage.independent():
-                storage.release(exchange.key, exchange.claim_token)
+            exchange.settle(partial(_independently, storage, storage.release, exchange))
         except StorageError as exc:
             exchange.finish_failed(exc, "release")
         else:
             exchange.released(reason)
+        finally:
+            exchange.end_lease()
 
     @staticmethod
     async def aabort(exchange: Exchange, reason: str) -> None:
         """:meth:`abort` for async views."""
+        storage = exchange.policy.storage
         try:
-            await exchange.policy.storage.arelease(exchange.key, exchange.claim_token)
+            await exchange.asettle(partial(storage.arelease, exchange.key, exchange.claim_token))
         except StorageError as exc:
             exchange.finish_failed(exc, "release")
         else:
             exchange.released(reason)
+        finally:
+            exchange.end_lease()
 
     # -- the whole sequence around a view function ------------------------------
 
@@ -554,24 +616,40 @@ class Idempotency:
     @staticmethod
     def _complete(exchange: Exchange, response: HttpResponseBase) -> None:
         storage = exchange.policy.storage
-        # Captured first: reading a stream may run the view's own queries,
-        # which belong on the request's connection, not the store's.
-        stored = exchange.stored(response)
         try:
-            with storage.independent():
-                done = storage.complete(exchange.key, exchange.claim_token, stored)
-        except StorageError as exc:
-            exchange.finish_failed(exc, "completion")
-        else:
-            exchange.completed(done)
-
-    @staticmethod
-    async def _acomplete(exchange: Exchange, response: HttpResponseBase) -> None:
-        try:
-            done = await exchange.policy.storage.acomplete(
-                exchange.key, exchange.claim_token, exchange.stored(response)
+            # Captured first: reading a stream may run the view's own queries,
+            # which belong on the request's connection, not the store's.
+            stored = exchange.stored(response)
+            done = exchange.settle(
+                partial(_independently, storage, storage.complete, exchange, stored)
             )
         except StorageError as exc:
             exchange.finish_failed(exc, "completion")
         else:
             exchange.completed(done)
+        finally:
+            exchange.end_lease()
+
+    @staticmethod
+    async def _acomplete(exchange: Exchange, response: HttpResponseBase) -> None:
+        storage = exchange.policy.storage
+        try:
+            stored = exchange.stored(response)
+            done = await exchange.asettle(
+                partial(storage.acomplete, exchange.key, exchange.claim_token, stored)
+            )
+        except StorageError as exc:
+            exchange.finish_failed(exc, "completion")
+        else:
+            exchange.completed(done)
+        finally:
+            exchange.end_lease()
+
+
+def _independently(
+    storage: BaseStorage, operation: Callable[..., bool], exchange: Exchange, *args: Any
+) -> bool:
+    """``operation`` (a completion or release) of the exchange's claim,
+    committed on its own (:meth:`BaseStorage.independent`)."""
+    with storage.independent():
+        return operation(exchange.key, exchange.claim_token, *args)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.test import AsyncClient, Client, RequestFactory
 from django.urls import resolve
@@ -342,3 +343,30 @@ class AsyncGate:
             return await handler(request, **kwargs)
 
         return gated
+
+
+class InBackground:
+    """A request sent from another thread, with its own client and connection."""
+
+    def __init__(self, send_request: Callable[[Client], Response]) -> None:
+        self._send = send_request
+        self._response: Response | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._response = self._send(Client())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            connections.close_all()
+
+    def result(self) -> Response:
+        self._thread.join(timeout=15)
+        assert not self._thread.is_alive(), "the request did not finish"
+        if self._error is not None:
+            raise self._error
+        assert self._response is not None
+        return self._response

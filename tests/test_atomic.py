@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.test import Client, override_settings
 from helpers import KEY, ORDER, orders, problem, replayed, send
 
 from demo.models import Order
-from django_idempotency import conf
+from django_idempotency import conf, leases
 from django_idempotency.decorators import idempotent
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.storage.database import WriteOutsideTransaction
@@ -63,6 +63,34 @@ def test_exception_rolls_back_the_views_writes_and_releases_the_key(
     assert send(client, url).status_code == 500
     assert orders() == 0, "the failed run's order was committed"
     assert not IdempotencyKey.objects.exists()
+    assert send(client, url).status_code == 201
+    assert orders() == 1
+
+
+def test_a_store_if_that_raises_rolls_back_and_frees_the_key(
+    client: Client, serve: Callable[..., str]
+) -> None:
+    """The response is judged and stored inside the view's transaction; if
+    that raises (here, a ``store_if`` of the project's own), the writes are
+    rolled back and the key released, not left locked and renewed."""
+    failures = [RuntimeError("store_if broke")]
+
+    def store_if(response: HttpResponseBase) -> bool:
+        if failures:
+            raise failures.pop()
+        return True
+
+    @idempotent(atomic=True, store_if=store_if)
+    def create_one(request: HttpRequest) -> HttpResponse:
+        Order.objects.create(item="tea")
+        return JsonResponse({"ok": True}, status=201)
+
+    url = serve(create_one)
+    client.raise_request_exception = False
+    assert send(client, url).status_code == 500
+    assert orders() == 0, "the failed run's order was committed"
+    assert not IdempotencyKey.objects.exists()
+    assert leases.renewer().leases == frozenset()
     assert send(client, url).status_code == 201
     assert orders() == 1
 

@@ -15,7 +15,7 @@ from django.core.management.base import SystemCheckError
 from django.db import connections
 
 from django_idempotency import checks
-from django_idempotency.storage import DatabaseStorage
+from django_idempotency.storage import BaseStorage, DatabaseStorage
 
 
 def _ids(messages: list[CheckMessage]) -> list[str]:
@@ -338,6 +338,28 @@ def test_e006_atomic_with_a_store_outside_the_database(settings: Any) -> None:
     assert _ids(messages) == ["django_idempotency.E006"]
     assert "RedisStorage" in messages[0].msg
     assert _ids(_run_checks()) == ["django_idempotency.E006"]
+
+
+class StoreWithoutRenewals(DatabaseStorage):
+    """A store of a user's own, written before stores renewed leases."""
+
+    renew = BaseStorage.renew  # type: ignore[assignment]
+
+
+def test_w030_a_store_that_cannot_renew_leases(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"STORAGE": StoreWithoutRenewals()}
+
+    messages = checks.check_settings()
+
+    assert _ids(messages) == ["django_idempotency.W030"]
+    assert "StoreWithoutRenewals" in messages[0].msg
+    assert isinstance(messages[0], CheckWarning)
+
+
+def test_the_stores_of_the_package_renew_leases(settings: Any) -> None:
+    assert DatabaseStorage().renews_leases
+    settings.IDEMPOTENCY = {}
+    assert "django_idempotency.W030" not in _ids(checks.check_settings())
 
 
 def test_no_w010_on_an_alias_without_atomic_requests(atomic_alias: str) -> None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.test import Client
@@ -28,6 +27,7 @@ from helpers import (
     KEY,
     ORDER,
     Gate,
+    InBackground,
     answering,
     create_order,
     in_flight_claim,
@@ -45,7 +45,7 @@ from django_idempotency.responses import StoredResponse
 from django_idempotency.storage import DatabaseStorage, RequestKey
 
 if TYPE_CHECKING:
-    from django.test.client import _MonkeyPatchedWSGIResponse as Response
+    pass
 
 Handler = Callable[..., HttpResponseBase]
 
@@ -90,33 +90,6 @@ def protect(request: pytest.FixtureRequest) -> Callable[..., Callable[..., Any]]
 # -- requests ----------------------------------------------------------------------------
 
 REPRESENTATION_HEADERS = ("Content-Type", "Location", "Content-Location", "ETag", "Link")
-
-
-class InBackground:
-    """A request sent from another thread, with its own client and connection."""
-
-    def __init__(self, send_request: Callable[[Client], Response]) -> None:
-        self._send = send_request
-        self._response: Response | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._response = self._send(Client())
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            connections.close_all()
-
-    def result(self) -> Response:
-        self._thread.join(timeout=15)
-        assert not self._thread.is_alive(), "the request did not finish"
-        if self._error is not None:
-            raise self._error
-        assert self._response is not None
-        return self._response
 
 
 class Listener:
@@ -492,7 +465,9 @@ def test_after_ttl_the_key_may_carry_another_request(
 def test_claim_outliving_lock_timeout_is_taken_over_and_the_late_completion_refused(
     client: Client, serve: Callable[..., str], gate: Gate, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = serve(idempotent(gate(create_order), lock_timeout=1))
+    # No renewals (max_lock_time not above lock_timeout): the lease runs out
+    # while the view runs, as a hung view's does once renewals stop.
+    url = serve(idempotent(gate(create_order), lock_timeout=1, max_lock_time=1))
     late = InBackground(lambda c: send(c, url))
     assert gate.entered.wait(10)
     assert send(client, url).status_code == 409

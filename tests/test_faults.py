@@ -1,5 +1,5 @@
-"""Faults under a real server pool: killed workers, outlived leases, and a
-store that becomes unreachable mid-run and comes back.
+"""Faults under a real server pool: killed workers, slow views, and a store
+that becomes unreachable mid-run and comes back.
 
 Each store runs behind a TCP proxy (:mod:`proxy`) that the test cuts and
 restores: for the database store, the keys live in the test database reached
@@ -103,6 +103,21 @@ class Rig:
         return answers
 
 
+class Sent:
+    """A request sent from a thread of its own: :meth:`answer` waits for it."""
+
+    def __init__(self, rig: Rig, path: str, key: str, **headers: str) -> None:
+        self._answers: list[Answer] = []
+        self._thread = threading.Thread(
+            target=lambda: self._answers.append(rig.post(path, key, **headers))
+        )
+        self._thread.start()
+
+    def answer(self) -> Answer:
+        self._thread.join()
+        return self._answers[0]
+
+
 def clear_redis(prefix: str | None) -> None:
     if prefix is not None:
         import redis_servers
@@ -200,28 +215,70 @@ def test_store_down_at_claim_with_fail_open_runs_the_view_and_says_so(rig: Rig, 
     assert runs(item) == 2  # once unprotected, once protected
 
 
-def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
-    """The view ran and answered; its response could not be stored. The
-    claim stays (nothing half-written), so a retry gets 409 until the lease
-    ends and then runs the view again: the documented cost of an outage at
-    that moment (atomic mode closes it for writes in the same database)."""
+def _blip(rig: Rig, seconds: float) -> None:
+    """Cut the store now, and bring it back ``seconds`` later."""
+    rig.proxy.cut()
+    threading.Timer(seconds, rig.proxy.restore).start()
+
+
+def test_store_blip_at_completion_is_ridden_out(rig: Rig, key: str) -> None:
+    """The store goes away as the view answers, and comes back a second
+    later: the completion is retried until it lands, the client gets its
+    answer a little later, and a retry gets the replay, not a second run."""
     path, item = path_for(PROTECTED, key)
-    answer: list[Answer] = []
-    first = threading.Thread(target=lambda: answer.append(rig.post(path, key, X_Delay="1.0")))
-    first.start()
+    first = Sent(rig, path, key, X_Delay="1.0")
+    time.sleep(0.5)
+    _blip(rig, 1.0)
+    answer = first.answer()
+    retry = rig.post(path, key)
+
+    print(f"{rig.store}: blip at completion: first {answer.status}, retry {retry.status}")
+    assert answer.status == 201
+    assert retry.replayed, f"the completion was lost: {retry}"
+    assert retry.body == answer.body
+    assert "store unavailable at completion" not in rig.server.log()
+    assert runs(item) == 1
+
+
+def test_store_blip_at_release_is_ridden_out(rig: Rig, key: str) -> None:
+    """The same at a release (the view answered 503): the release lands once
+    the store is back, so the retry runs at once instead of meeting 409."""
+    path, item = path_for(PROTECTED, key)
+    first = Sent(rig, path, key, X_Delay="1.0", X_Answer_Status="503")
+    time.sleep(0.5)
+    _blip(rig, 1.0)
+    answer = first.answer()
+    retry = rig.post(path, key)
+
+    assert answer.status == 503
+    assert retry.status == 201, f"the release was lost: {retry}"
+    assert runs(item) == 2  # the failed run wrote its order, then the retry
+
+
+def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
+    """The view ran and answered; its response could not be stored, and the
+    store stayed away past the claim's lease, so the retries of the
+    completion gave up. The claim stays (nothing half-written), so a retry
+    gets 409 until the lease ends and then runs the view again: the
+    documented cost of an outage longer than the lease at that moment (atomic
+    mode closes it for writes in the same database)."""
+    path, item = path_for(PROTECTED, key)
+    first = Sent(rig, path, key, X_Delay="1.0")
     time.sleep(0.5)
     rig.proxy.cut()
-    first.join()
+    answer = first.answer()
     rig.proxy.restore()
     started = time.monotonic()
     retries = rig.retry_until_answered(path, key)
     waited = time.monotonic() - started
 
     statuses = [a.status for a in retries]
-    print(f"{rig.store}: store down at completion: first {answer[0].status}, retries {statuses}")
-    assert answer[0].status == 201
+    print(f"{rig.store}: store down at completion: first {answer.status}, retries {statuses}")
+    assert answer.status == 201
     assert "store unavailable at completion" in rig.server.log()
-    assert statuses[0] == 409
+    # The completion retried until the lease ended, so the answer came when
+    # the key was about to be free: a retry meets 409 at most briefly.
+    assert set(statuses[:-1]) <= {409}
     assert statuses[-1] == 201
     assert not retries[-1].replayed
     assert waited < LOCK_TIMEOUT + 5, "the key stayed stuck past its lease"
@@ -230,24 +287,18 @@ def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key
 
 def test_store_down_at_release_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
     path, item = path_for(PROTECTED, key)
-    answer: list[Answer] = []
-
-    def failing() -> None:
-        answer.append(rig.post(path, key, X_Delay="1.0", X_Answer_Status="503"))
-
-    first = threading.Thread(target=failing)
-    first.start()
+    first = Sent(rig, path, key, X_Delay="1.0", X_Answer_Status="503")
     time.sleep(0.5)
     rig.proxy.cut()
-    first.join()
+    answer = first.answer()
     rig.proxy.restore()
     retries = rig.retry_until_answered(path, key)
 
     statuses = [a.status for a in retries]
-    print(f"{rig.store}: store down at release: first {answer[0].status}, retries {statuses}")
-    assert answer[0].status == 503
+    print(f"{rig.store}: store down at release: first {answer.status}, retries {statuses}")
+    assert answer.status == 503
     assert "store unavailable at release" in rig.server.log()
-    assert statuses[0] == 409
+    assert set(statuses[:-1]) <= {409}
     assert statuses[-1] == 201
     assert runs(item) == 2
 
@@ -275,30 +326,21 @@ def test_worker_killed_mid_view_then_the_key_runs_once_after_its_lease(rig: Rig,
     assert runs(item) == 2
 
 
-def test_view_outliving_its_lease_cannot_overwrite_the_takeover(rig: Rig, key: str) -> None:
-    """A's view takes longer than the lease; B, a retry, takes the key over
-    and finishes first. A's late completion is refused (fencing): the stored
-    answer, which every later retry gets, is B's."""
+def test_view_outliving_its_lease_keeps_its_key(rig: Rig, key: str) -> None:
+    """A's view takes longer than the lease; its worker renews the lease
+    while it runs, so B, a retry after the first lease, is told the request
+    is still in flight instead of running the view again, and every later
+    retry gets A's answer."""
     path, item = path_for(PROTECTED, key)
-    slow: list[Answer] = []
-    first = threading.Thread(
-        target=lambda: slow.append(rig.post(path, key, X_Delay=str(LOCK_TIMEOUT + 1.5)))
-    )
-    first.start()
+    first = Sent(rig, path, key, X_Delay=str(LOCK_TIMEOUT + 1.5))
     time.sleep(LOCK_TIMEOUT + 0.3)
-    takeover = rig.post(path, key)
-    first.join()
+    retry = rig.post(path, key)
+    slow = first.answer()
     later = rig.post(path, key)
 
-    print(
-        f"{rig.store}: lease outlived: A got order {slow[0].order}, B got {takeover.order}, "
-        f"stored {later.order}"
-    )
-    assert takeover.status == 201
-    assert not takeover.replayed
-    assert slow[0].status == 201
-    assert slow[0].order != takeover.order
+    print(f"{rig.store}: lease outlived: retry {retry.status}, A got order {slow.order}")
+    assert retry.status == 409
+    assert slow.status == 201
     assert later.replayed
-    assert later.body == takeover.body, "the late first request overwrote the takeover's answer"
-    assert "claim lost before completion" in rig.server.log()
-    assert runs(item) == 2
+    assert later.body == slow.body
+    assert runs(item) == 1

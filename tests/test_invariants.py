@@ -176,7 +176,14 @@ _TEMPLATE = engines["django"].from_string('{"id": {{ id }}, "item": "{{ item }}"
 
 def serve_view(serve: Callable[..., str], setup: Setup, store: Any, **options: Any) -> Behaviour:
     behaviour = Behaviour()
-    options = {"storage": store, "atomic": setup.mode == "atomic", **options}
+    # The faults here are made by triggers, which fail every attempt: a short
+    # completion_timeout keeps the retries of a failed completion brief.
+    options = {
+        "storage": store,
+        "atomic": setup.mode == "atomic",
+        "completion_timeout": 0.2,
+        **options,
+    }
 
     def function_view(request: HttpRequest) -> HttpResponse:
         order = behaviour.order(json.loads(request.body))

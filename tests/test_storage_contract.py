@@ -1,7 +1,7 @@
 """The storage contract, written once against :class:`BaseStorage`.
 
-Every store runs this module unchanged: ``claim``, ``complete``, ``release``,
-``purge`` and the async ``aclaim``, ``acomplete``, ``arelease``. The
+Every store runs this module unchanged: ``claim``, ``complete``, ``renew``,
+``release``, ``purge`` and the async ``aclaim``, ``acomplete``, ``arelease``. The
 ``storage`` fixture yields one store per parameter; a new store (Redis, for
 example) is added by one more parameter of that fixture and must pass every
 test here without any test being changed or skipped for it.
@@ -248,11 +248,14 @@ def test_complete_with_an_empty_body_and_no_headers(
 def test_complete_twice_with_the_same_token_stores_only_once(
     storage: BaseStorage, make_key: Callable[..., RequestKey]
 ) -> None:
+    """A retry of a completion whose reply was lost (the store applied it,
+    the connection broke on the way back) is told it is done, and changes
+    nothing."""
     key = make_key()
     token = claim_token(storage, key)
     assert storage.complete(key, token, RESPONSE)
 
-    assert storage.complete(key, token, StoredResponse(status=500, body=b"late")) is False
+    assert storage.complete(key, token, StoredResponse(status=500, body=b"late")) is True
 
     record = storage.claim(key, ttl=TTL, lease=LEASE).record
     assert record is not None
@@ -451,6 +454,70 @@ def test_a_completed_key_is_never_taken_over_before_its_ttl(
     assert not again.claimed
     assert again.record is not None
     assert again.record.response == RESPONSE
+
+
+# -- lease renewal -------------------------------------------------------------------------
+
+
+def test_renew_keeps_a_claim_past_its_first_lease(
+    storage: BaseStorage, make_key: Callable[..., RequestKey]
+) -> None:
+    key = make_key()
+    token = claim_token(storage, key, lease=SHORT_LEASE)
+    time.sleep(SHORT_LEASE / 2)
+
+    assert storage.renew(key, token, lease=SHORT_LEASE * 4) is True
+    time.sleep(SHORT_LEASE)  # past the first lease, within the renewed one
+
+    retry = storage.claim(key, ttl=TTL, lease=LEASE)
+    assert not retry.claimed, "a renewed claim was taken over"
+    assert retry.record is not None
+    assert retry.record.state == "in_progress"
+    assert storage.complete(key, token, RESPONSE) is True
+
+
+def test_a_renewed_claim_still_lapses_when_renewals_stop(
+    storage: BaseStorage, make_key: Callable[..., RequestKey]
+) -> None:
+    key = make_key()
+    token = claim_token(storage, key, lease=SHORT_LEASE)
+    assert storage.renew(key, token, lease=SHORT_LEASE) is True
+    time.sleep(SHORT_LEASE + 0.3)
+
+    taken = claim_token(storage, key)
+
+    assert taken != token
+    assert storage.renew(key, token, lease=LEASE) is False, "the old owner renewed a lost claim"
+    assert storage.complete(key, token, RESPONSE) is False
+
+
+def test_renew_with_a_wrong_token_returns_false_and_does_not_extend(
+    storage: BaseStorage, make_key: Callable[..., RequestKey]
+) -> None:
+    key = make_key()
+    claim_token(storage, key, lease=SHORT_LEASE)
+
+    assert storage.renew(key, uuid.uuid4().hex, lease=LEASE) is False
+    time.sleep(SHORT_LEASE + 0.3)
+
+    assert storage.claim(key, ttl=TTL, lease=LEASE).claimed
+
+
+def test_renew_of_a_completed_released_or_unknown_key_returns_false(
+    storage: BaseStorage, make_key: Callable[..., RequestKey]
+) -> None:
+    completed, released, unknown = make_key(), make_key(), make_key()
+    completed_token = claim_token(storage, completed)
+    storage.complete(completed, completed_token, RESPONSE)
+    released_token = claim_token(storage, released)
+    storage.release(released, released_token)
+
+    assert storage.renew(completed, completed_token, lease=LEASE) is False
+    assert storage.renew(released, released_token, lease=LEASE) is False
+    assert storage.renew(unknown, uuid.uuid4().hex, lease=LEASE) is False
+    record = storage.claim(completed, ttl=TTL, lease=LEASE).record
+    assert record is not None
+    assert record.response == RESPONSE
 
 
 # -- purge ---------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ class IdempotencyMixin(_Base):
     idempotency_fingerprint_func: Callable[[HttpRequest], str] | str | _Unset = UNSET
     idempotency_ttl: float | timedelta | _Unset = UNSET
     idempotency_lock_timeout: float | timedelta | _Unset = UNSET
+    idempotency_max_lock_time: float | timedelta | _Unset = UNSET
+    idempotency_completion_timeout: float | timedelta | _Unset = UNSET
     idempotency_store_if: Callable[[HttpResponseBase], bool] | str | _Unset = UNSET
     idempotency_on_conflict: int | str | _Unset = UNSET
     idempotency_wait_timeout: float | timedelta | _Unset = UNSET

@@ -136,9 +136,27 @@ class BaseStorage:
         """Store ``response`` and mark the key completed, if ``token`` still owns it.
 
         Return False when the claim was lost (its lease passed and another
-        request took the key over): then nothing is written.
+        request took the key over): then nothing is written. Completing again
+        with the same token (a retry after a reply lost on the way back) is
+        True again and changes nothing.
         """
         raise NotImplementedError
+
+    def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
+        """Extend the claim's lease to ``lease`` seconds from now, if ``token``
+        still owns it and it is in progress; return whether it did.
+
+        Called from the process's lease renewer thread while the view runs
+        (:mod:`django_idempotency.leases`). A store that does not implement
+        it keeps each claim for one lease only: a view that runs longer may
+        then run again for a retry (check ``W030``).
+        """
+        raise NotImplementedError
+
+    @property
+    def renews_leases(self) -> bool:
+        """Whether this store implements :meth:`renew`."""
+        return type(self).renew is not BaseStorage.renew
 
     def release(self, key: RequestKey, token: str) -> bool:
         """Forget the claim if ``token`` still owns it, so a retry runs again."""

@@ -10,6 +10,7 @@ by the database (:class:`DatabaseNow`), so workers' clocks never matter.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -224,7 +225,7 @@ class DatabaseStorage(BaseStorage):
                 if self._take_over(key, token, ttl=ttl, lease=lease):
                     return Claim(token=token)
         except DatabaseError as exc:
-            raise StorageError(str(exc)) from exc
+            raise self._error(exc) from exc
         raise StorageError("the record kept changing while it was being claimed")
 
     def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
@@ -237,15 +238,29 @@ class DatabaseStorage(BaseStorage):
                 response_body=response.body,
                 replayable=response.replayable,
             )
+            # A retry whose first attempt's reply was lost finds the key
+            # completed by its own token already.
+            done = updated == 1 or (
+                self._manager()
+                .filter(digest=key.digest, owner=token, state=State.COMPLETED)
+                .exists()
+            )
         except DatabaseError as exc:
-            raise StorageError(str(exc)) from exc
+            raise self._error(exc) from exc
+        return bool(done)
+
+    def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
+        try:
+            updated = self._owned(key, token).update(locked_until=_now_plus(lease))
+        except DatabaseError as exc:
+            raise self._error(exc) from exc
         return bool(updated == 1)
 
     def release(self, key: RequestKey, token: str) -> bool:
         try:
             deleted = _delete(self._owned(key, token))
         except DatabaseError as exc:
-            raise StorageError(str(exc)) from exc
+            raise self._error(exc) from exc
         return bool(deleted == 1)
 
     def begin(self) -> StoreTransaction:
@@ -259,12 +274,13 @@ class DatabaseStorage(BaseStorage):
 
     def joined_transaction(self) -> str | None:
         """Inside a transaction the request runs in, claims join it on SQLite
-        (one writer: a second connection would wait for the request's own) and
-        inside a test case's transaction (which never commits); elsewhere they
-        commit at once on a second connection (:meth:`independent`)."""
+        (one writer: a second connection would wait for the request's own);
+        elsewhere they commit at once on a second connection
+        (:meth:`independent`). Inside a test case's transaction, which never
+        commits, they join that one."""
         alias = self.alias
         own = connections[alias]
-        return alias if opened_by_request(own) and _joins(own) else None
+        return alias if own.in_atomic_block and _joins(own) else None
 
     @contextmanager
     def independent(self) -> Iterator[None]:
@@ -320,7 +336,7 @@ class DatabaseStorage(BaseStorage):
                 if len(pks) < batch_size:
                     break
         except DatabaseError as exc:
-            raise StorageError(str(exc)) from exc
+            raise self._error(exc) from exc
         return PurgeResult(deleted=deleted, batches=batches)
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -355,6 +371,17 @@ class DatabaseStorage(BaseStorage):
         return []
 
     # -- statements ------------------------------------------------------------
+
+    def _error(self, exc: DatabaseError) -> StorageError:
+        """The :class:`StorageError` for ``exc``, once the connection it broke
+        (a database that went away) is closed, so that the next statement,
+        such as a retry of this one, opens a new one. A connection inside a
+        transaction is left for the transaction's owner to roll back."""
+        connection = connections[self.alias]
+        if not connection.in_atomic_block:
+            with contextlib.suppress(DatabaseError):
+                connection.close_if_unusable_or_obsolete()
+        return StorageError(str(exc))
 
     def _manager(self) -> Any:
         return IdempotencyKey._default_manager.using(self.alias)

@@ -76,13 +76,29 @@ return {0, rec[1], rec[2], rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or '
 )
 
 COMPLETE = """
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] or redis.call('HGET', KEYS[1], 's') ~= 'p' then
+local rec = redis.call('HMGET', KEYS[1], 'o', 's')
+if rec[1] ~= ARGV[1] then
   return 0
+end
+if rec[2] == 'c' then
+  return 1  -- completed by this token already: a retry after a lost reply
 end
 redis.call('HSET', KEYS[1], 's', 'c', 'st', ARGV[2], 'h', ARGV[3], 'b', ARGV[4], 'r', ARGV[5])
 redis.call('HDEL', KEYS[1], 'l')
 return 1
 """
+
+RENEW = (
+    _CLOCK
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'o', 's')
+if rec[1] ~= ARGV[1] or rec[2] ~= 'p' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'l', now + tonumber(ARGV[2]))
+return 1
+"""
+)
 
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] or redis.call('HGET', KEYS[1], 's') ~= 'p' then
@@ -91,7 +107,10 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (CLAIM, COMPLETE, RELEASE)}
+_SHA = {
+    script: hashlib.sha1(script.encode()).hexdigest()
+    for script in (CLAIM, COMPLETE, RENEW, RELEASE)
+}
 
 
 # What a store that is down, slow or full raises; the store answers StorageError.
@@ -146,6 +165,9 @@ class RedisStorage(BaseStorage):
 
     def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
         return bool(self._run(COMPLETE, key, token, *_response_args(response)))
+
+    def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
+        return bool(self._run(RENEW, key, token, _ms(lease)))
 
     def release(self, key: RequestKey, token: str) -> bool:
         return bool(self._run(RELEASE, key, token))
