@@ -13,6 +13,7 @@ decorator, the DRF mixin) call these stages; none takes a decision of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -550,7 +551,11 @@ class Idempotency:
         transaction, exchange.transaction = exchange.transaction, None
         try:
             if transaction is not None:
-                transaction.rollback(raised)
+                with contextlib.suppress(StorageError):
+                    # A rollback fails when the connection is gone, and then
+                    # the database has rolled the transaction back itself:
+                    # the key is released all the same.
+                    transaction.rollback(raised)
             if exchange.claim_rolled_back:
                 exchange.released(f"{reason}; rolled back with the request's transaction")
                 return

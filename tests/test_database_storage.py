@@ -407,3 +407,28 @@ def test_purge_then_the_key_is_new_again() -> None:
 
     assert storage.purge(batch_size=10) == PurgeResult(deleted=1, batches=1)
     assert storage.claim(key, ttl=TTL, lease=LEASE).claimed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_that_died_fails_once_and_the_next_statement_reconnects(
+    db_vendor: str,
+) -> None:
+    """The database dropped the connection (a restart, a failover, a proxy
+    cut): the statement on it fails as a StorageError, whatever the driver
+    raises (PyMySQL's ``InterfaceError`` is no ``DatabaseError``), and the
+    connection is closed, so that the store's next statement, such as the
+    retry of a completion, opens a new one."""
+    if db_vendor == "sqlite":
+        pytest.skip("an SQLite connection is a file handle, which the server cannot drop")
+    storage = DatabaseStorage()
+    key = new_key()
+    token = claim_token(storage, key)
+    connection.connection.close()  # behind Django's back, as a dropped socket is
+
+    with pytest.raises(StorageError):
+        storage.complete(key, token, StoredResponse(status=201, body=b"{}"))
+
+    assert storage.complete(key, token, StoredResponse(status=201, body=b"{}")) is True
+    record = storage.claim(key, ttl=TTL, lease=LEASE).record
+    assert record is not None
+    assert record.state == "completed"

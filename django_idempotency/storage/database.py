@@ -22,7 +22,8 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
-from django.db import DatabaseError, connections, router, transaction
+from django.db import Error as DriverError
+from django.db import connections, router, transaction
 from django.db.models import (
     BooleanField,
     DateTimeField,
@@ -49,6 +50,11 @@ from django_idempotency.storage.base import (
     StoreTransaction,
 )
 from django_idempotency.transactions import opened_by_request, opened_by_test
+
+#: What the database raises when it fails, or its connection does: Django's
+#: ``Error``, the base of ``DatabaseError`` and of ``InterfaceError`` (a closed
+#: connection, which is no ``DatabaseError``).
+DB_ERRORS = (DriverError,)
 
 #: How often a claim retries when the record it ran into vanished meanwhile.
 CLAIM_ATTEMPTS = 3
@@ -111,7 +117,7 @@ class DatabaseTransaction(StoreTransaction):
         self._stack = ExitStack()
         try:
             self._stack.enter_context(transaction.atomic(using=alias))
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise StorageError(str(exc)) from exc
         for other in connections:
             if other != alias:
@@ -129,14 +135,14 @@ class DatabaseTransaction(StoreTransaction):
     def commit(self) -> None:
         try:
             self._stack.close()
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise StorageError(str(exc)) from exc
 
     def rollback(self, exc: BaseException | None = None) -> None:
         error = exc if exc is not None else _RolledBack()
         try:
             self._stack.__exit__(type(error), error, error.__traceback__)
-        except DatabaseError as db_error:
+        except DB_ERRORS as db_error:
             raise StorageError(str(db_error)) from db_error
 
 
@@ -224,7 +230,7 @@ class DatabaseStorage(BaseStorage):
                 # concurrent claim or completion in between wins instead.
                 if self._take_over(key, token, ttl=ttl, lease=lease):
                     return Claim(token=token)
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._error(exc) from exc
         raise StorageError("the record kept changing while it was being claimed")
 
@@ -245,21 +251,21 @@ class DatabaseStorage(BaseStorage):
                 .filter(digest=key.digest, owner=token, state=State.COMPLETED)
                 .exists()
             )
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._error(exc) from exc
         return bool(done)
 
     def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
         try:
             updated = self._owned(key, token).update(locked_until=_now_plus(lease))
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._error(exc) from exc
         return bool(updated == 1)
 
     def release(self, key: RequestKey, token: str) -> bool:
         try:
             deleted = _delete(self._owned(key, token))
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._error(exc) from exc
         return bool(deleted == 1)
 
@@ -304,7 +310,7 @@ class DatabaseStorage(BaseStorage):
             try:
                 with transaction.atomic(using=alias):
                     yield
-            except DatabaseError as exc:  # the savepoint's own statements
+            except DB_ERRORS as exc:  # the savepoint's own statements
                 raise StorageError(str(exc)) from exc
             return
         connections[alias] = _independent_connection(alias)
@@ -335,7 +341,7 @@ class DatabaseStorage(BaseStorage):
                 batches += 1
                 if len(pks) < batch_size:
                     break
-        except DatabaseError as exc:
+        except DB_ERRORS as exc:
             raise self._error(exc) from exc
         return PurgeResult(deleted=deleted, batches=batches)
 
@@ -372,14 +378,14 @@ class DatabaseStorage(BaseStorage):
 
     # -- statements ------------------------------------------------------------
 
-    def _error(self, exc: DatabaseError) -> StorageError:
+    def _error(self, exc: Exception) -> StorageError:
         """The :class:`StorageError` for ``exc``, once the connection it broke
         (a database that went away) is closed, so that the next statement,
         such as a retry of this one, opens a new one. A connection inside a
         transaction is left for the transaction's owner to roll back."""
         connection = connections[self.alias]
         if not connection.in_atomic_block:
-            with contextlib.suppress(DatabaseError):
+            with contextlib.suppress(*DB_ERRORS):
                 connection.close_if_unusable_or_obsolete()
         return StorageError(str(exc))
 
