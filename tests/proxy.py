@@ -12,6 +12,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
 
 
 class Proxy:
@@ -89,3 +93,48 @@ def _close(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+@dataclass(frozen=True)
+class ProxiedStore:
+    """What :func:`store_behind_proxy` yields."""
+
+    proxy: Proxy
+    #: The environment of a server pool whose store is behind the proxy.
+    env: dict[str, str]
+    #: The key prefix of the pool's records in Redis (None for the database).
+    redis_prefix: str | None
+
+
+@contextlib.contextmanager
+def store_behind_proxy(store: str, prefix: str) -> Iterator[ProxiedStore]:
+    """A proxy in front of the test run's store, and the environment that
+    points a server pool (:func:`servers.start`) at it: for ``"database"``,
+    the keys in the test database reached through the proxy (a second alias,
+    while the view's own writes go straight to it); for ``"redis"``, the
+    test Redis, under a key prefix of its own made from ``prefix``, whose
+    keys are deleted afterwards."""
+    from django.conf import settings
+    from django.db import connection
+
+    env: dict[str, str] = {}
+    redis_prefix = None
+    if store == "redis":
+        url = urlparse(settings.CACHES["idempotency"]["LOCATION"])
+        proxy = Proxy(url.hostname or "127.0.0.1", url.port or 6379)
+        redis_prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        env["IDEMPOTENCY_TEST_STORE"] = "redis"
+        env["IDEMPOTENCY_TEST_REDIS_PREFIX"] = redis_prefix
+        env["IDEMPOTENCY_REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}"
+    else:
+        database = connection.settings_dict
+        proxy = Proxy(database["HOST"] or "127.0.0.1", int(database["PORT"]))
+        env["IDEMPOTENCY_TEST_STORE_DB_PORT"] = str(proxy.port)
+    try:
+        yield ProxiedStore(proxy, env, redis_prefix)
+    finally:
+        proxy.close()
+        if redis_prefix is not None:
+            import redis_servers
+
+            redis_servers.delete_keys(redis_prefix)

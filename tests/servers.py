@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,6 +85,12 @@ class Server:
     def ready_workers(self) -> int:
         return self.log().count(READY_MARKER)
 
+    def worker_pids(self) -> list[int]:
+        """The live workers that have loaded Django: the arbiter's children
+        that said so in the log (a respawned worker appears once it is ready)."""
+        ready = {int(pid) for pid in re.findall(rf"{READY_MARKER} (\d+)", self.log())}
+        return [pid for pid in children(self.process.pid) if pid in ready]
+
     def answers(self, path: str = "/", timeout: float = 2.0) -> bool:
         """True if a GET of ``path`` gets any HTTP answer."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -115,10 +122,43 @@ class Server:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def children(parent: int) -> list[int]:
+    """The pids of the live child processes of ``parent``, read from /proc."""
+    found: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 def _has_setting(name: str) -> bool:
     from gunicorn.config import KNOWN_SETTINGS
 
     return any(setting.name == name for setting in KNOWN_SETTINGS)
+
+
+def environment(database_name: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a pool's processes: the test project's settings on
+    the database ``database_name``, with ``extra_env`` over it. Other
+    processes given it (``manage.py`` commands) see what the pool sees."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "testproject.settings",
+            "IDEMPOTENCY_DB_NAME_OVERRIDE": database_name,
+            "PYTHONPATH": os.pathsep.join(
+                [str(TESTPROJECT_DIR), *filter(None, [env.get("PYTHONPATH")])]
+            ),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra_env or {})
+    return env
 
 
 def start(
@@ -149,18 +189,7 @@ def start(
     listener.listen(1024)
     port = listener.getsockname()[1]
 
-    env = dict(os.environ)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "testproject.settings",
-            "IDEMPOTENCY_DB_NAME_OVERRIDE": database_name,
-            "PYTHONPATH": os.pathsep.join(
-                [str(TESTPROJECT_DIR), *filter(None, [env.get("PYTHONPATH")])]
-            ),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra_env or {})
+    env = environment(database_name, extra_env)
     command = [
         sys.executable,
         "-m",

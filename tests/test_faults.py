@@ -21,13 +21,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 import servers
-from django.conf import settings
 from django.db import connection
-from proxy import Proxy
+from proxy import Proxy, store_behind_proxy
 
 from demo.faults import LOCK_TIMEOUT
 from demo.models import Order
@@ -131,32 +129,20 @@ def rig(
 ) -> Iterator[Rig]:
     if connection.vendor == "sqlite":
         pytest.skip("fault tests run against server databases (PostgreSQL, MariaDB)")
-    env = {"IDEMPOTENCY_TEST_FAULTS": "1"}
-    redis_prefix = None
     if request.param == "redis":
         pytest.importorskip("django_redis", reason="the redis extra is not installed")
-        url = urlparse(settings.CACHES["idempotency"]["LOCATION"])
-        proxy = Proxy(url.hostname or "127.0.0.1", url.port or 6379)
-        redis_prefix = f"faults-{uuid.uuid4().hex[:8]}"
-        env["IDEMPOTENCY_TEST_STORE"] = "redis"
-        env["IDEMPOTENCY_TEST_REDIS_PREFIX"] = redis_prefix
-        env["IDEMPOTENCY_REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}"
-    else:
-        database = connection.settings_dict
-        proxy = Proxy(database["HOST"] or "127.0.0.1", int(database["PORT"]))
-        env["IDEMPOTENCY_TEST_STORE_DB_PORT"] = str(proxy.port)
-    try:
+    with store_behind_proxy(request.param, "faults") as store:
         server = servers.start(
-            connection.settings_dict["NAME"], workers=2, threads=4, extra_env=env
+            connection.settings_dict["NAME"],
+            workers=2,
+            threads=4,
+            extra_env={"IDEMPOTENCY_TEST_FAULTS": "1", **store.env},
         )
         try:
-            yield Rig(request.param, proxy, server, redis_prefix)
+            yield Rig(request.param, store.proxy, server, store.redis_prefix)
         finally:
             server.stop()
             server.cleanup()
-    finally:
-        proxy.close()
-        clear_redis(redis_prefix)
 
 
 @pytest.fixture

@@ -12,3 +12,19 @@ class Order(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} x {self.item}"
+
+
+class Execution(models.Model):
+    """One run of a chaos-test view (``demo.faults``): written when the view
+    starts; ``finished_at`` set just before the view returns, ``answered_at``
+    once the protection around it has stored its answer (or failed to). A run
+    killed midway leaves them empty, and, in atomic mode, no row at all."""
+
+    key = models.CharField(max_length=255, db_index=True)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.key} in {self.pid}"
