@@ -311,6 +311,7 @@ def test_checks_asked_to_reach_servers_warn_of_an_evicting_redis(
     assert keeping.check(databases=["default"]) == []
 
 
+@pytest.mark.django_db  # the database checks that check --database runs query it
 def test_the_check_command_with_a_database_warns_of_an_evicting_redis(
     evicting_server: redis_servers.Server, settings: Any
 ) -> None:
@@ -365,10 +366,14 @@ def test_an_evicted_claim_lets_a_duplicate_run(
     server = evicting_server.client()
     key = new_key()
     try:
+        # Random eviction: under an LRU policy, looking whether the claim is
+        # still there would keep it recently used, and so in memory.
+        server.config_set("maxmemory-policy", "allkeys-random")
         server.config_set("maxmemory", int(server.info("memory")["used_memory"]) + 500_000)
         assert store.claim(key, ttl=3600, lease=600).claimed
-        for number in range(5000):  # other keys fill the memory; Redis evicts
-            server.set(f"filler-{number}", "x" * 1000)
+        for batch in range(100):  # other keys fill the memory; Redis evicts
+            for number in range(100):
+                server.set(f"filler-{batch}-{number}", "x" * 1000)
             if not server.exists(store.redis_key(key)):
                 break
 
@@ -377,5 +382,6 @@ def test_an_evicted_claim_lets_a_duplicate_run(
         assert store.claim(key, ttl=3600, lease=600).claimed  # the duplicate runs
     finally:
         server.config_set("maxmemory", 0)
+        server.config_set("maxmemory-policy", "allkeys-lru")
         server.flushdb()
         server.close()
