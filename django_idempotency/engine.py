@@ -177,7 +177,7 @@ class Exchange:
         alive while the view runs, unless it joined the request's
         transaction (no other request can see it before that commits)."""
         storage = self.policy.storage
-        if self.joined is None and storage.renews_leases:
+        if self.joined is None:
             self.lease = leases.Lease(
                 storage,
                 self.key,
@@ -185,7 +185,9 @@ class Exchange:
                 length=self.policy.lock_timeout,
                 limit=self.policy.lock_limit,
                 since=since,
-            ).start()
+            )
+            if storage.renews_leases:  # else it bounds the retries of a settlement only
+                self.lease.start()
 
     def settle(self, operation: Callable[[], T]) -> T:
         """Complete or release the claim with ``operation``, retrying while

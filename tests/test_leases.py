@@ -247,14 +247,26 @@ def _cut_while_the_view_runs(proxy: Proxy, gate: Gate, *, back_after: float | No
     gate.release.set()
 
 
+@pytest.mark.parametrize("renews", [True, False], ids=["renewing", "store-without-renew"])
 def test_a_completion_rides_out_a_blip(
     client: Client,
     serve: Callable[..., str],
     gate: Gate,
     cut_store: tuple[BaseStorage, Proxy],
     caplog: pytest.LogCaptureFixture,
+    renews: bool,
 ) -> None:
+    """Also with a store of a project's own that cannot renew leases: its
+    completions are retried all the same, within the one lease they have."""
     store, proxy = cut_store
+    if not renews:
+        from django_idempotency.storage import RedisStorage
+
+        class WithoutRenew(RedisStorage):
+            renew = BaseStorage.renew  # type: ignore[assignment]
+
+        store = WithoutRenew(cache_alias="idempotency_cut", key_prefix=f"cut-{uuid.uuid4().hex}")
+        assert not store.renews_leases
     url = serve(idempotent(storage=store, lock_timeout=5)(gate(create_order)))
     caplog.set_level(logging.INFO, logger=LOGGER)
     first = InBackground(lambda c: send(c, url))
