@@ -191,7 +191,7 @@ class Exchange:
 
     def settle(self, operation: Callable[[], T]) -> T:
         """Complete or release the claim with ``operation``, retrying while
-        the store fails (:func:`leases.settle`); then its lease ends."""
+        the store fails (:func:`leases.settle`). The caller ends the lease."""
         return leases.settle(self.lease, self.policy.completion_timeout, operation)
 
     async def asettle(self, operation: Callable[[], Awaitable[T]]) -> T:

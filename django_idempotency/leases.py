@@ -240,56 +240,38 @@ def renewer() -> Renewer:
 # -- settling ----------------------------------------------------------------------
 
 
-def _deadline(lease: Lease | None, timeout: float) -> float:
-    """When to stop retrying a settlement that starts now, at the latest."""
-    if lease is None:  # a claim inside the request's transaction: one attempt
-        return 0.0
-    return time.monotonic() + timeout
-
-
 def settle(lease: Lease | None, timeout: float, operation: Callable[[], T]) -> T:
     """Run ``operation`` (a completion or a release), retrying it while the
-    store fails, for ``timeout`` seconds at most and never past the lease;
-    then stop renewing the lease. Raise the last :class:`StorageError`."""
-    try:
-        deadline = _deadline(lease, timeout)
-        delay = SETTLE_FIRST_DELAY
-        while True:
-            try:
-                return operation()
-            except StorageError:
-                wait = min(delay, _remaining(lease, deadline))
-                if wait <= 0:
-                    raise
-            time.sleep(wait)
-            delay = min(delay * 2, SETTLE_LONGEST_DELAY)
-    finally:
-        if lease is not None:
-            lease.stop()
+    store fails, for ``timeout`` seconds at most and never past the lease.
+    Raise the last :class:`StorageError`. Without a lease (a claim inside
+    the request's transaction, which a failure has broken), one attempt."""
+    if lease is None:
+        return operation()
+    deadline = time.monotonic() + timeout
+    delay = SETTLE_FIRST_DELAY
+    while True:
+        try:
+            return operation()
+        except StorageError:
+            wait = min(delay, deadline - time.monotonic(), lease.remaining)
+            if wait <= 0:
+                raise
+        time.sleep(wait)
+        delay = min(delay * 2, SETTLE_LONGEST_DELAY)
 
 
 async def asettle(lease: Lease | None, timeout: float, operation: Callable[[], Awaitable[T]]) -> T:
     """:func:`settle` for async views."""
-    try:
-        deadline = _deadline(lease, timeout)
-        delay = SETTLE_FIRST_DELAY
-        while True:
-            try:
-                return await operation()
-            except StorageError:
-                wait = min(delay, _remaining(lease, deadline))
-                if wait <= 0:
-                    raise
-            await asyncio.sleep(wait)
-            delay = min(delay * 2, SETTLE_LONGEST_DELAY)
-    finally:
-        if lease is not None:
-            lease.stop()
-
-
-def _remaining(lease: Lease | None, deadline: float) -> float:
-    """Seconds left to retry: until the deadline or the end of the lease,
-    whichever comes first (the renewer may extend the lease meanwhile)."""
     if lease is None:
-        return 0.0
-    return min(deadline, lease.ends) - time.monotonic()
+        return await operation()
+    deadline = time.monotonic() + timeout
+    delay = SETTLE_FIRST_DELAY
+    while True:
+        try:
+            return await operation()
+        except StorageError:
+            wait = min(delay, deadline - time.monotonic(), lease.remaining)
+            if wait <= 0:
+                raise
+        await asyncio.sleep(wait)
+        delay = min(delay * 2, SETTLE_LONGEST_DELAY)
