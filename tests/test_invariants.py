@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -462,14 +463,17 @@ def _claims_commit_at_once(setup: Setup) -> bool:
         and _claims_commit_at_once(param.values[0])
     ],
 )
+@pytest.mark.parametrize("past_its_lease", [False, True], ids=["", "past-its-lease"])
 def test_a_duplicate_is_answered_while_the_first_runs(
-    setup: Setup, configure: Any, serve: Callable[..., str]
+    setup: Setup, configure: Any, serve: Callable[..., str], past_its_lease: bool
 ) -> None:
     """The claim commits at once, whatever transaction the view runs in, so a
-    duplicate is answered 409 at once (not held on a lock) and the view runs once."""
+    duplicate is answered 409 at once (not held on a lock) and the view runs
+    once; also when it comes after the claim's first lease, which the live
+    request renews."""
     entered, release = threading.Event(), threading.Event()
     store = configure(setup)
-    view = serve_view(serve, setup, store)
+    view = serve_view(serve, setup, store, **({"lock_timeout": 0.6} if past_its_lease else {}))
     original = view.order
 
     def held(data: dict[str, Any]) -> Order | None:
@@ -491,6 +495,8 @@ def test_a_duplicate_is_answered_while_the_first_runs(
     try:
         assert entered.wait(10)
         view.order = original  # type: ignore[method-assign]
+        if past_its_lease:
+            time.sleep(1.5)  # past two leases of 0.6 s
         problem(post(setup, view.url, {"item": "tea"}, "key-f"), 409, "idempotency_key_in_use")
     finally:
         release.set()
