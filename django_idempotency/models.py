@@ -23,7 +23,7 @@ class IdempotencyKey(models.Model):
     scope = models.TextField(_("scope"))
     key = models.CharField(_("key"), max_length=255)
     fingerprint = models.CharField(_("request fingerprint"), max_length=64)
-    state = models.CharField(_("state"), max_length=16, choices=State.choices)
+    state = models.CharField(_("state"), max_length=16, choices=State)
     owner = models.CharField(_("owner token"), max_length=32)
     locked_until = models.DateTimeField(_("lease expires"), null=True, blank=True)
     response_status = models.PositiveSmallIntegerField(_("status"), null=True, blank=True)

@@ -17,16 +17,19 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from helpers import orders, problem, replayed, send
 
+from demo.management.commands.idempotency_demo import LOG_ID_NOTE
 from demo.models import Order
 from django_idempotency.models import IdempotencyKey
 
 MANAGE_PY = Path(__file__).resolve().parent.parent / "testproject" / "manage.py"
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.rst"
 
 STATUS_LINE = re.compile(r"^\s*< (\d{3}) ")
 HEADER_LINE = re.compile(r"^\s*< ([A-Za-z][A-Za-z-]*): (.*)$")
 BODY_LINE = re.compile(r"^\s*< (.*)$")
 ORDERS_LINE = re.compile(r"^\s*orders in the database: (\d+) \(([+-]\d+)\)$")
 KEY_LINE = re.compile(r"^\s*> Idempotency-Key: (.+)$")
+SUMMARY = re.compile(r"\d+ requests? sent; the views ran \d+ times? and created \d+ orders?\.")
 
 
 @dataclass
@@ -72,6 +75,17 @@ DRF_ANSWERS = [(201, False), (201, True), (422, False)] if django_settings.HAS_D
 DRF_DELTAS = [1, 0, 0] if django_settings.HAS_DRF else []
 
 
+def tutorial_summaries() -> list[str]:
+    """The demo's summary lines that the tutorial quotes, lines rejoined."""
+    return SUMMARY.findall(" ".join(TUTORIAL.read_text(encoding="utf-8").split()))
+
+
+def assert_quoted_by_tutorial(output: str) -> None:
+    """The tutorial quotes the summary a run with DRF prints (its command installs DRF)."""
+    if django_settings.HAS_DRF:
+        assert output.rstrip().splitlines()[-1] in tutorial_summaries()
+
+
 def run_demo(*args: str) -> str:
     out = StringIO()
     call_command("idempotency_demo", *args, stdout=out, no_color=True)
@@ -115,6 +129,8 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
     assert output.rstrip().endswith(
         f"{9 + 3 * drf} requests sent; the views ran {4 + drf} times and created {4 + drf} orders."
     )
+    assert_quoted_by_tutorial(output)
+    assert LOG_ID_NOTE in output.splitlines()
 
     assert sorted(Order.objects.values_list("item", flat=True)) == sorted(
         ["coffee", "croissant", "croissant", "espresso"] + ["flat white"] * drf
@@ -152,8 +168,15 @@ def test_each_run_uses_its_own_keys() -> None:
         assert order_deltas(output) == [1, 0, 0, *DRF_DELTAS]
         runs = "1 time and created 1 order" if not drf else "2 times and created 2 orders"
         assert output.rstrip().endswith(f"{3 + 3 * drf} requests sent; the views ran {runs}.")
+    assert_quoted_by_tutorial(first_run)
     assert set(keys_sent(first_run)).isdisjoint(keys_sent(second_run))
     assert Order.objects.count() == 2 * (1 + drf)
+
+
+def test_tutorial_quotes_one_summary_with_and_one_without_skip_slow() -> None:
+    # The two runs above check that each summary the tutorial quotes is the real
+    # one; a third, stale summary would go unnoticed by them.
+    assert len(tutorial_summaries()) == 2
 
 
 def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:

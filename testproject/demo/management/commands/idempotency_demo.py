@@ -44,6 +44,12 @@ CLAIM_TIMEOUT = 10.0
 
 HEADER = "Idempotency-Key"
 
+#: What the ``key=`` of the package's log lines is (RequestKey.log_id).
+LOG_ID_NOTE = (
+    "Log lines show a key's log id (key=...), never the key itself: the first 16 hex "
+    "digits of the SHA-256 digest of its scope and key."
+)
+
 
 class Command(BaseCommand):
     help = (
@@ -261,6 +267,7 @@ class Command(BaseCommand):
         self.stdout.write(
             "Every endpoint creates an order, so the order count shows each time a view runs."
         )
+        self.stdout.write(LOG_ID_NOTE)
         self.stdout.write(f"  orders in the database: {self.orders}")
 
     def _summary(self) -> None:
