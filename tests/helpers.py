@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
@@ -44,6 +45,14 @@ UUID_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 #: ttl and lease, in seconds, of the claims tests make on a store directly.
 TTL = 3600.0
 LEASE = 30.0
+
+#: The mark of a test that runs the system checks the way management commands do
+#: (``call_command("check")``, ``skip_checks=False``): from Django 6.1 on, checks
+#: given no databases run against every alias, and the model checks ask each
+#: database what it supports, which may open a connection to it. Transactional,
+#: so that those connections are closed after the test (a connection left open
+#: on a mirror alias would keep the test database from being dropped).
+RUNS_SYSTEM_CHECKS = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
 # -- requests ----------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ from datetime import datetime
 
 import pytest
 from django.db import connection
-from django.test import Client, SimpleTestCase
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import formats, timezone
 from factories import IdempotencyKeyFactory, UserFactory
+from pytest_django.asserts import assertContains, assertNotContains
 
 from django_idempotency.admin import BODY_PREVIEW_BYTES
 from django_idempotency.models import IdempotencyKey
@@ -20,11 +21,6 @@ pytestmark = pytest.mark.django_db
 
 TABLE = IdempotencyKey._meta.db_table
 CHANGELIST = "admin:django_idempotency_idempotencykey_changelist"
-
-# Django's own response assertions. pytest_django.asserts needs Django 5.0+.
-_assertions = SimpleTestCase()
-assertContains = _assertions.assertContains
-assertNotContains = _assertions.assertNotContains
 
 
 @pytest.fixture

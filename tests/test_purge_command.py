@@ -9,12 +9,21 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command, load_command_class
+from django.core.management.base import SystemCheckError
+from django.db import connections
 from factories import IdempotencyKeyFactory, create_expired_keys
 
 from django_idempotency.models import IdempotencyKey
 from django_idempotency.storage import BaseStorage
 
 COMMAND = "purge_idempotency_keys"
+
+#: What the driver says, per vendor, when the ``down_database`` is used.
+DOWN_DATABASE_REASONS = {
+    "sqlite": "unable to open database file",
+    "postgresql": "Connection refused",
+    "mysql": "Connection refused",
+}
 
 
 class SelfExpiringStorage(BaseStorage):
@@ -133,12 +142,27 @@ def test_a_store_that_expires_keys_by_itself() -> None:
     assert output == "Nothing to purge: SelfExpiringStorage expires keys by itself.\n"
 
 
-@pytest.mark.parametrize("dry_run", [False, True])
-def test_store_down_is_a_command_error(settings: Any, down_database: str, dry_run: bool) -> None:
+@pytest.mark.parametrize("dry_run", [False, True], ids=["purge", "dry-run"])
+@pytest.mark.parametrize(
+    "skip_checks",
+    [
+        # As from the command line (and cron): the system checks run first.
+        pytest.param(False, id="after-the-system-checks"),
+        pytest.param(True, id="without-the-system-checks"),  # call_command()'s default
+    ],
+)
+def test_store_down_is_a_command_error(
+    settings: Any, down_database: str, dry_run: bool, skip_checks: bool
+) -> None:
     settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": down_database}}
 
-    with pytest.raises(CommandError, match="The idempotency storage failed"):
-        _purge(dry_run=dry_run)
+    with pytest.raises(CommandError) as error:
+        _purge(dry_run=dry_run, skip_checks=skip_checks)
+
+    assert not isinstance(error.value, SystemCheckError)
+    message = str(error.value)
+    assert message.startswith("The idempotency storage failed: "), message
+    assert DOWN_DATABASE_REASONS[connections[down_database].vendor] in message
 
 
 def test_store_down_from_the_command_line_prints_an_error_not_a_traceback(
@@ -154,6 +178,26 @@ def test_store_down_from_the_command_line_prints_an_error_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("CommandError: The idempotency storage failed")
     assert "Traceback" not in err
+
+
+@pytest.mark.django_db
+def test_a_database_down_does_not_stop_the_purge_of_a_store_that_is_up(
+    down_database: str,
+) -> None:
+    """The system checks the command runs first reach no database, so a
+    database other than the store's may be down (Django 6.1 checks every
+    database unless told which)."""
+    create_expired_keys(3)
+
+    assert _purge(skip_checks=False) == "Deleted 3 expired keys in 1 batch.\n"
+    assert not IdempotencyKey.objects.exists()
+
+
+def test_the_system_checks_run_before_the_purge(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTL": "1 day"}
+
+    with pytest.raises(SystemCheckError, match=r"django_idempotency\.E003"):
+        _purge(skip_checks=False)
 
 
 def _peak_memory_of_purge(batch_size: int) -> tuple[int, str]:
@@ -172,15 +216,15 @@ def _peak_memory_of_purge(batch_size: int) -> tuple[int, str]:
 @pytest.mark.django_db
 def test_memory_stays_flat_whatever_the_number_of_rows() -> None:
     # Warm up: the first run imports and compiles what every run needs.
-    _peak_memory_of_purge(500)
+    _peak_memory_of_purge(250)
 
-    create_expired_keys(2_000)
-    small_peak, small_output = _peak_memory_of_purge(500)
-    create_expired_keys(20_000)
-    large_peak, large_output = _peak_memory_of_purge(500)
+    create_expired_keys(1_000)
+    small_peak, small_output = _peak_memory_of_purge(250)
+    create_expired_keys(10_000)
+    large_peak, large_output = _peak_memory_of_purge(250)
 
-    assert small_output == "Deleted 2000 expired keys in 4 batches.\n"
-    assert large_output == "Deleted 20000 expired keys in 40 batches.\n"
+    assert small_output == "Deleted 1000 expired keys in 4 batches.\n"
+    assert large_output == "Deleted 10000 expired keys in 40 batches.\n"
     assert not IdempotencyKey.objects.exists()
     # Ten times the rows, in batches of the same size: the peak must not grow
     # with the rows (it would be about ten times larger if they were all held).

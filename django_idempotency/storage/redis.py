@@ -239,7 +239,7 @@ class RedisStorage(BaseStorage):
                         id="django_idempotency.W022",
                     )
                 )
-        if kwargs.get("databases") is not None:
+        if kwargs.get("databases"):
             messages.extend(self._eviction_check())
         return messages
 

@@ -33,6 +33,14 @@ class Command(BaseCommand):
             help="Dotted path of the store to purge (default: IDEMPOTENCY['STORAGE']).",
         )
 
+    def get_check_kwargs(self, options: dict[str, Any]) -> dict[str | None, Any]:
+        # The system checks that run before handle() are given no database, as
+        # before Django 6.1, which runs them against every alias unless told
+        # otherwise: a database that is down, the store's or another, would
+        # end the command in the checks with the driver's traceback. handle()
+        # reports a store it cannot reach as a CommandError that cron can log.
+        return {**super().get_check_kwargs(options), "databases": []}
+
     def handle(self, *args: Any, batch_size: int, dry_run: bool, **options: Any) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be a positive number.")
