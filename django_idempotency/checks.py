@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +14,9 @@ from django_idempotency import conf
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """E001 not a dict, E002 unknown key, E003 bad value, E004 storage,
-    E005 lock_timeout not below ttl, E006 ATOMIC with a store that cannot,
-    W030 a store that cannot renew leases; then the store's own checks."""
+    E005 lock_timeout not below ttl, W001 safe methods in METHODS, E006
+    ATOMIC with a store that cannot, W030 a store that cannot renew leases;
+    then the store's own checks."""
     configured = getattr(settings, conf.SETTINGS_NAME, {})
     if not isinstance(configured, Mapping):
         return [
@@ -31,13 +31,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     for name, value in configured.items():
         option = conf.OPTIONS.get(name.lower()) if isinstance(name, str) else None
         if option is None or option.setting != name:
-            close = difflib.get_close_matches(str(name).upper(), conf.SETTING_NAMES, n=1)
             messages.append(
                 Error(
                     f"{conf.SETTINGS_NAME} has an unknown key {name!r}.",
-                    hint=f"Did you mean {close[0]!r}?"
-                    if close
-                    else ("Known keys: " + ", ".join(sorted(conf.SETTING_NAMES)) + "."),
+                    hint=conf.did_you_mean(str(name).upper(), conf.SETTING_NAMES, what="keys"),
                     id="django_idempotency.E002",
                 )
             )
@@ -58,15 +55,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         return messages
     defaults = {o.name: o.parse(o.default) for o in conf.OPTIONS.values() if o.name not in parsed}
     values = {**defaults, **parsed}
-    problem = conf.lease_problem(values["ttl"], values["lock_timeout"])
-    if problem:
+    # Without LOCK_TIMEOUT the lease is derived from TTL, and always fits it.
+    misfit = (
+        None
+        if values["lock_timeout"] is None
+        else conf.lease_problem(
+            values["ttl"],
+            values["lock_timeout"],
+            ttl_from="setting" if "ttl" in parsed else "default",
+        )
+    )
+    if misfit:
         messages.append(
             Error(
-                f"{conf.SETTINGS_NAME}: {problem}.",
-                hint="A claim cannot outlive the record it claims; lower LOCK_TIMEOUT.",
+                f"{misfit[0]}.",
+                hint=misfit[1],
                 id="django_idempotency.E005",
             )
         )
+    safe = [method for method in conf.SAFE_METHODS if method in values["methods"]]
+    if safe:
+        messages.append(safe_methods_warning(safe))
     try:
         storage = conf.get_storage(values["storage"])
     except Exception as exc:  # the store's constructor rejected its options
@@ -101,3 +110,23 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         # Checks given databases (check --database, migrate) may reach servers.
         messages.extend(storage.check(atomic=values["atomic"], databases=kwargs.get("databases")))
     return messages
+
+
+def safe_methods_warning(methods: list[str]) -> Warning:
+    """W001: ``METHODS`` protects safe methods. Only the setting is checked:
+    ``methods=`` on a view is a choice made for that view."""
+    if len(methods) == 1:
+        names, plural = methods[0], ""
+    else:
+        names, plural = f"{', '.join(methods[:-1])} and {methods[-1]}", "s"
+    return Warning(
+        f"{conf.SETTINGS_NAME}['METHODS'] protects the safe method{plural} {names} on every "
+        "protected view that does not set its own methods.",
+        hint=f"Safe methods ({', '.join(conf.SAFE_METHODS)}) change nothing, so repeating "
+        "them is harmless and clients send no idempotency key with them: protecting them "
+        "stores and replays their responses, and with REQUIRED refuses every such request "
+        "without a key (CORS preflights, HEAD probes). Remove them from METHODS and set "
+        "methods= on the few views that need it; if this is intended, add "
+        "'django_idempotency.W001' to SILENCED_SYSTEM_CHECKS.",
+        id="django_idempotency.W001",
+    )

@@ -9,6 +9,7 @@ used, so ``override_settings`` works; the parsed result is cached until the
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,14 @@ DEFAULT_KEY_PATTERN = r"[\x20-\x7e]{1,255}"
 
 #: Methods protected unless ``methods`` says otherwise.
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+#: The methods RFC 9110 (section 9.2.1) defines as safe: they change nothing,
+#: so repeating one is harmless and keys are not meant for them (check W001).
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+#: The lease of a claim when ``lock_timeout`` is set nowhere and ``ttl`` is
+#: 60 s or more (see :func:`derived_lock_timeout`).
+DEFAULT_LOCK_TIMEOUT = 30.0
 
 KeyFunc = Callable[[HttpRequest], object]
 ScopeFunc = Callable[[HttpRequest], str]
@@ -81,6 +90,10 @@ def _seconds(value: Any) -> float:
     if value <= 0:
         raise OptionError(f"expected a positive duration, got {value!r}")
     return float(value)
+
+
+def _optional_seconds(value: Any) -> float | None:
+    return None if value is None else _seconds(value)
 
 
 def _status_in(value: Any, low: int, high: int) -> bool:
@@ -194,7 +207,8 @@ OPTIONS: dict[str, Option] = {
         Option("scope_func", "django_idempotency.scope.default_scope", _callable),
         Option("fingerprint_func", "django_idempotency.fingerprint.request_fingerprint", _callable),
         Option("ttl", 24 * 60 * 60, _seconds),
-        Option("lock_timeout", 30, _seconds),
+        # None: derived from ttl (derived_lock_timeout), wherever it is not set.
+        Option("lock_timeout", None, _optional_seconds),
         Option("max_lock_time", 5 * 60, _seconds),
         Option("completion_timeout", 10, _seconds),
         Option("store_if", "django_idempotency.responses.store_if_not_server_error", _callable),
@@ -275,13 +289,43 @@ def user_settings() -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _keyword(name: str) -> str:
+def keyword_label(name: str) -> str:
+    """How the decorator spells option ``name`` in error messages."""
     return f"idempotent({name}=...)"
 
 
-def parse_overrides(
-    overrides: Mapping[str, Any], label: Callable[[str], str] = _keyword
-) -> dict[str, Any]:
+Label = Callable[[str], str]
+
+
+def did_you_mean(
+    name: str, known: Iterable[str], spell: Label = repr, *, what: str = "names"
+) -> str:
+    """The help for a misspelt ``name``: the closest of ``known``, as
+    ``spell`` writes it (``Did you mean 'TTL'?``), or else all of them.
+
+    The one place that suggests names: the settings check (``E002``), the
+    decorator's keywords and the DRF mixin's attributes all use it."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        return f"Did you mean {spell(close[0])}?"
+    return f"Known {what}: {', '.join(names)}."
+
+
+def unknown_option(name: str, label: Label = keyword_label) -> str:
+    """The message for ``name``, which is no per-view option; ``label``
+    names an option as the adapter spells it (see :func:`parse_overrides`)."""
+    option = OPTIONS.get(name)
+    if option is not None and not option.per_view:
+        return (
+            f"{label(name)}: {name!r} cannot be set per view, only in the "
+            f"{SETTINGS_NAME} setting, as {option.setting!r}"
+        )
+    hint = did_you_mean(name.lower(), PER_VIEW_OPTIONS, label, what="options")
+    return f"{label(name)}: there is no per-view option {name!r}. {hint}"
+
+
+def parse_overrides(overrides: Mapping[str, Any], label: Label = keyword_label) -> dict[str, Any]:
     """Validate per-view options; raise ``TypeError`` or ``OptionError``.
 
     ``label`` names an option in error messages, as the adapter spells it
@@ -290,7 +334,7 @@ def parse_overrides(
     for name, value in overrides.items():
         option = OPTIONS.get(name)
         if option is None or not option.per_view:
-            raise TypeError(f"{label(name)}: there is no per-view option {name!r}")
+            raise TypeError(unknown_option(name, label))
         try:
             parsed[name] = option.parse(value)
         except OptionError as exc:
@@ -300,21 +344,108 @@ def parse_overrides(
         try:
             defaults = global_options()
         except ImproperlyConfigured:
-            defaults = {}  # settings not configured yet, or invalid: the checks say so
-        ttl = parsed.get("ttl", defaults.get("ttl"))
-        lock_timeout = parsed.get("lock_timeout", defaults.get("lock_timeout"))
-        problem = lease_problem(ttl, lock_timeout) if ttl and lock_timeout else None
-        if problem:
-            raise OptionError(f"{label('lock_timeout')}: {problem}")
+            pass  # settings not configured yet, or invalid: the checks say so
+        else:
+            resolve_lock_timeout(parsed, defaults, label)
     return parsed
 
 
-def lease_problem(ttl: float, lock_timeout: float) -> str | None:
-    """Why ``lock_timeout`` does not fit ``ttl``, or None: a claim may not
-    outlive the record it claims."""
-    if lock_timeout >= ttl:
-        return f"lock_timeout ({lock_timeout:g} s) must be below ttl ({ttl:g} s)"
-    return None
+def derived_lock_timeout(ttl: float) -> float:
+    """The lease of a claim whose ``lock_timeout`` is set nowhere: 30 s, or
+    half the ``ttl`` when that is shorter (a ``ttl`` under a minute).
+
+    Why half: a claim may not outlive the record it claims, so the lease
+    must be below ``ttl``, and half is, whatever ``ttl``. It leaves room to
+    renew: a lease is renewed after a third of it, never to end past ``ttl``
+    (the cap on ``max_lock_time``), so with half the first renewal, at a
+    sixth of ``ttl``, extends it to two thirds and a slow view keeps its key
+    up to ``ttl`` as it does with a long ``ttl`` (a lease above three
+    quarters of ``ttl`` could never be renewed). It keeps retries after a
+    dead worker waiting at most half of the time the key is remembered,
+    while a shorter share would renew more often and let a retry in after a
+    shorter store outage. And every ``ttl`` of a minute or more keeps the
+    30 s of before: only configurations that used to be refused change."""
+    return min(DEFAULT_LOCK_TIMEOUT, ttl / 2)
+
+
+#: Where the value of an option came from: the view's own options, the
+#: ``IDEMPOTENCY`` setting, or the option's default.
+Origin = Literal["view", "setting", "default"]
+
+
+def lease_problem(
+    ttl: float,
+    lock_timeout: float,
+    *,
+    ttl_from: Origin = "setting",
+    lock_timeout_from: Origin = "setting",
+    setting_has_lock_timeout: bool = True,
+    label: Label = keyword_label,
+) -> tuple[str, str] | None:
+    """Why ``lock_timeout`` does not fit ``ttl`` (a claim may not outlive the
+    record it claims) and what to set instead, or None. The ``*_from``
+    arguments say where each value came from, ``setting_has_lock_timeout``
+    whether the setting has a ``LOCK_TIMEOUT`` a view's would fall back to,
+    ``label`` how the view spells its options."""
+    if lock_timeout < ttl:
+        return None
+
+    def named(name: str, origin: Origin, value: float) -> str:
+        if origin == "view":
+            return f"{label(name)} ({value:g} s, set on the view)"
+        if origin == "setting":
+            return f"{SETTINGS_NAME}[{name.upper()!r}] ({value:g} s, set in the setting)"
+        return f"{name.upper()} ({value:g} s, the default)"
+
+    problem = (
+        f"{named('lock_timeout', lock_timeout_from, lock_timeout)} must be below "
+        f"{named('ttl', ttl_from, ttl)}: a claim cannot outlive the record it claims"
+    )
+    example = f"below {ttl:g} s (for example to {derived_lock_timeout(ttl):g})"
+    derived = f"derived from ttl (the smaller of {DEFAULT_LOCK_TIMEOUT:g} s and half the ttl)"
+    if lock_timeout_from == "view":
+        unset = "set it to None" if setting_has_lock_timeout else "remove it"
+        fix = f"Set {label('lock_timeout')} {example}, or {unset} to have it {derived}."
+    elif ttl_from == "view":
+        fix = (
+            f"Set {label('lock_timeout')} too, {example}, or remove LOCK_TIMEOUT from "
+            f"the {SETTINGS_NAME} setting to have the lease of each view {derived}."
+        )
+    else:
+        derived = f"derived from TTL (the smaller of {DEFAULT_LOCK_TIMEOUT:g} s and half the TTL)"
+        fix = f"Set {SETTINGS_NAME}['LOCK_TIMEOUT'] {example}, or remove it to have it {derived}."
+    return problem, fix
+
+
+def resolve_lock_timeout(
+    overrides: Mapping[str, Any], defaults: Mapping[str, Any], label: Label = keyword_label
+) -> float:
+    """The lease of a view with the parsed ``overrides`` over the parsed
+    settings ``defaults``: the ``lock_timeout`` set for the view or in the
+    setting, else :func:`derived_lock_timeout`. Raise ``OptionError`` if
+    one is set and does not fit ``ttl``."""
+    ttl = overrides["ttl"] if "ttl" in overrides else defaults["ttl"]
+    value = overrides["lock_timeout"] if "lock_timeout" in overrides else defaults["lock_timeout"]
+    if value is None:
+        return derived_lock_timeout(ttl)
+    ttl_from: Origin = (
+        "view"
+        if "ttl" in overrides
+        else "setting"
+        if OPTIONS["ttl"].setting in user_settings()
+        else "default"
+    )
+    problem = lease_problem(
+        ttl,
+        value,
+        ttl_from=ttl_from,
+        lock_timeout_from="view" if "lock_timeout" in overrides else "setting",
+        setting_has_lock_timeout=defaults["lock_timeout"] is not None,
+        label=label,
+    )
+    if problem:
+        raise OptionError("{}. {}".format(*problem))
+    return float(value)
 
 
 def atomic_problem(storage: BaseStorage) -> str | None:
@@ -364,12 +495,12 @@ def get_storage(spec: Any = None) -> BaseStorage:
     return storage  # type: ignore[no-any-return]
 
 
-def build_policy(overrides: Mapping[str, Any]) -> Policy:
-    """Merge parsed per-view overrides over the parsed settings."""
-    values = {**global_options(), **overrides}
-    problem = lease_problem(values["ttl"], values["lock_timeout"])
-    if problem:
-        raise OptionError(f"{SETTINGS_NAME} and idempotent() options: {problem}")
+def build_policy(overrides: Mapping[str, Any], label: Label = keyword_label) -> Policy:
+    """Merge parsed per-view overrides over the parsed settings; ``label``
+    names the view's options in errors, as in :func:`parse_overrides`."""
+    defaults = global_options()
+    values = {**defaults, **overrides}
+    values["lock_timeout"] = resolve_lock_timeout(overrides, defaults, label)
     values.pop("storage_options")
     values["storage"] = get_storage(values["storage"])
     problem = atomic_problem(values["storage"]) if values["atomic"] else None

@@ -335,8 +335,15 @@ class Idempotency:
     """The protection of one view: its options, parsed once and checked at
     decoration time, and the drivers that run a request through a store."""
 
-    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.overrides = conf.parse_overrides(options or {})
+    def __init__(
+        self,
+        options: Mapping[str, Any] | None = None,
+        *,
+        label: conf.Label = conf.keyword_label,
+    ) -> None:
+        # label: how the view spells an option in error messages.
+        self._label = label
+        self.overrides = conf.parse_overrides(options or {}, label)
         self._policy: Policy | None = None
         self._generation = -1
 
@@ -345,7 +352,7 @@ class Idempotency:
         """The options merged over the settings, rebuilt when settings change."""
         generation = conf.generation()
         if self._policy is None or self._generation != generation:
-            self._policy = conf.build_policy(self.overrides)
+            self._policy = conf.build_policy(self.overrides, self._label)
             self._generation = generation
         return self._policy
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -13,6 +12,7 @@ from django.core.checks import Warning as CheckWarning
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.db import connections
+from helpers import RUNS_SYSTEM_CHECKS
 
 from django_idempotency import checks
 from django_idempotency.storage import BaseStorage, DatabaseStorage
@@ -32,18 +32,22 @@ def _run_checks() -> list[CheckMessage]:
 
 @pytest.fixture
 def atomic_alias() -> Iterator[str]:
-    """A second alias for the default database with ATOMIC_REQUESTS on.
+    """``secondary``, the default database under a second alias, with
+    ATOMIC_REQUESTS on for the test.
 
-    It is added to (and removed from) the DATABASES dict in place, as
-    overriding DATABASES is not supported; no connection is ever opened on it.
+    Its entry of the DATABASES dict is changed in place, as overriding
+    DATABASES is not supported. An alias of the settings, not one the test
+    adds: the check command connects to every alias from Django 6.1 on, and
+    a test may only connect to the aliases that exist when it starts.
     """
-    alias = "idempotency_atomic"
-    databases = connections.settings
-    databases[alias] = {**copy.deepcopy(databases["default"]), "ATOMIC_REQUESTS": True}
+    alias = "secondary"
+    entry = connections.settings[alias]
+    was = entry["ATOMIC_REQUESTS"]
+    entry["ATOMIC_REQUESTS"] = True
     try:
         yield alias
     finally:
-        del databases[alias]
+        entry["ATOMIC_REQUESTS"] = was
 
 
 # -- valid configurations ------------------------------------------------------------------
@@ -65,6 +69,7 @@ def atomic_alias() -> Iterator[str]:
         },
     ],
 )
+@RUNS_SYSTEM_CHECKS
 def test_a_valid_configuration_gives_no_messages(settings: Any, value: dict[str, Any]) -> None:
     settings.IDEMPOTENCY = value
 
@@ -93,6 +98,7 @@ def test_e001_not_a_dict(settings: Any, value: Any) -> None:
     assert messages[0].hint
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e001_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = ["TTL", 60]
 
@@ -128,6 +134,7 @@ def test_e002_unknown_key_without_a_close_match_lists_the_known_keys(settings: A
     assert "TTL" in messages[0].hint
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e002_through_run_checks_and_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"TTLL": 60}
 
@@ -185,6 +192,7 @@ def test_e003_reports_every_bad_value_at_once(settings: Any) -> None:
         assert f"[{name!r}]" in text
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e003_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"TTL": "1 day"}
 
@@ -222,6 +230,7 @@ def test_e004_storage_options_the_class_rejects(settings: Any, options: dict[str
     assert "could not be created" in messages[0].msg
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e004_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"STORAGE": "no_such_module.Storage"}
 
@@ -237,7 +246,7 @@ def test_e004_through_the_check_command(settings: Any) -> None:
     [
         {"TTL": 60, "LOCK_TIMEOUT": 60},
         {"TTL": 60, "LOCK_TIMEOUT": 120},
-        {"TTL": 10},  # the default lock_timeout (30 s) is longer
+        {"LOCK_TIMEOUT": 100_000},  # longer than the default TTL (24 hours)
     ],
 )
 def test_e005_lock_timeout_not_below_ttl(settings: Any, value: dict[str, Any]) -> None:
@@ -249,6 +258,7 @@ def test_e005_lock_timeout_not_below_ttl(settings: Any, value: dict[str, Any]) -
     assert messages[0].hint
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e005_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"TTL": 60, "LOCK_TIMEOUT": 60}
 
@@ -278,6 +288,7 @@ def test_e010_from_the_store_itself() -> None:
     assert _ids(DatabaseStorage(database="no_such_alias").check()) == ["django_idempotency.E010"]
 
 
+@RUNS_SYSTEM_CHECKS
 def test_e010_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABASE": "no_such_alias"}}
 
@@ -307,6 +318,7 @@ def test_w010_through_run_checks(settings: Any, atomic_alias: str, db_vendor: st
     assert _ids(_run_checks()) == _w010(db_vendor)
 
 
+@RUNS_SYSTEM_CHECKS
 def test_w010_is_a_warning_the_check_command_prints(
     settings: Any, atomic_alias: str, db_vendor: str
 ) -> None:

@@ -1300,3 +1300,210 @@ def test_decorator_forms(
     assert view.__name__ == "place_order"
     assert replayed(send(client, url))
     assert orders() == 1
+
+
+# -- the lease when LOCK_TIMEOUT is set nowhere ------------------------------------------------
+
+
+def leases_seen(seen: list[timedelta]) -> Callable[[HttpRequest], HttpResponse]:
+    """``create_order``, recording the lease of the claim it runs under."""
+
+    def inspecting(request: HttpRequest) -> HttpResponse:
+        row = IdempotencyKey.objects.get()
+        seen.append(row.locked_until - row.created_at)
+        return create_order(request)
+
+    return inspecting
+
+
+@pytest.mark.django_db
+class TestDerivedLockTimeout:
+    @pytest.mark.parametrize(
+        ("ttl", "lease"),
+        [(5, 2.5), (timedelta(seconds=1), 0.5), (59, 29.5), (60, 30), (3600, 30)],
+    )
+    def test_a_ttl_alone_gets_a_lease_that_fits_it(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        configure: Configure,
+        ttl: float | timedelta,
+        lease: float,
+    ) -> None:
+        seen: list[timedelta] = []
+        url = serve(configure(leases_seen(seen), ttl=ttl))
+
+        assert send(client, url).status_code == 201
+        assert replayed(send(client, url))
+
+        assert seen == [timedelta(seconds=lease)]
+        assert orders() == 1
+
+    def test_the_default_ttl_keeps_the_30_second_lease(
+        self, client: Client, serve: Callable[..., str]
+    ) -> None:
+        seen: list[timedelta] = []
+        url = serve(idempotent(leases_seen(seen)))
+
+        send(client, url)
+
+        assert seen == [timedelta(seconds=30)]
+
+    def test_a_lock_timeout_in_the_setting_is_used_as_set(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        idempotency_settings(LOCK_TIMEOUT=4)
+        seen: list[timedelta] = []
+        url = serve(per_view(leases_seen(seen), ttl=5))
+
+        send(client, url)
+
+        assert seen == [timedelta(seconds=4)]
+
+    def test_lock_timeout_none_on_the_view_derives_it_despite_the_setting(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        idempotency_settings(LOCK_TIMEOUT=30)
+        seen: list[timedelta] = []
+        url = serve(per_view(leases_seen(seen), ttl=5, lock_timeout=None))
+
+        send(client, url)
+
+        assert seen == [timedelta(seconds=2.5)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_view_keeps_its_key_past_the_derived_lease(
+    client: Client, serve: Callable[..., str], gate: Any
+) -> None:
+    """The derived lease (1.5 s for a ttl of 3 s) is renewed while the view
+    runs: a duplicate after it is still answered 409, not run again."""
+    from helpers import InBackground
+
+    url = serve(idempotent(gate(create_order), ttl=3))
+    first = InBackground(lambda c: send(c, url))
+    assert gate.entered.wait(10)
+
+    time.sleep(2)
+    duplicate = send(client, url)
+    gate.release.set()
+
+    problem(duplicate, 409, "idempotency_key_in_use")
+    assert first.result().status_code == 201
+    assert replayed(send(client, url))
+    assert orders() == 1
+
+
+# -- a lock_timeout set explicitly that does not fit the ttl ---------------------------------
+
+
+def refusal(client: Client, serve: Callable[..., str], make: Callable[[], Any]) -> str:
+    """The ``OptionError`` a misfit raises: when the view is made (decorator,
+    mixin attributes) or when a request comes (mixin getters)."""
+    with pytest.raises(conf.OptionError) as raised:
+        send(client, serve(make()))
+    return str(raised.value)
+
+
+VIEW_LABEL = r"(idempotent\({}=\.\.\.\)|Endpoints?\.idempotency_{})"
+
+
+def view_option(name: str) -> str:
+    """The pattern of option ``name`` as each adapter spells it."""
+    return VIEW_LABEL.format(name, name)
+
+
+@pytest.mark.django_db
+class TestLockTimeoutMisfit:
+    def test_ttl_on_the_view_and_lock_timeout_in_the_setting(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        idempotency_settings(LOCK_TIMEOUT=30)
+
+        message = refusal(client, serve, lambda: per_view(create_order, ttl=5))
+
+        assert re.match(
+            r"IDEMPOTENCY\['LOCK_TIMEOUT'\] \(30 s, set in the setting\) must be below "
+            + view_option("ttl")
+            + r" \(5 s, set on the view\): a claim cannot outlive the record it claims\. "
+            + "Set "
+            + view_option("lock_timeout")
+            + r" too, below 5 s \(for example to 2\.5\), or remove LOCK_TIMEOUT from the "
+            r"IDEMPOTENCY setting to have the lease of each view derived from ttl",
+            message,
+        ), message
+        assert orders() == 0
+
+    def test_lock_timeout_on_the_view_and_ttl_in_the_setting(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        idempotency_settings(TTL=60)
+
+        message = refusal(client, serve, lambda: per_view(create_order, lock_timeout=90))
+
+        assert re.match(
+            view_option("lock_timeout")
+            + r" \(90 s, set on the view\) must be below IDEMPOTENCY\['TTL'\] \(60 s, set in "
+            r"the setting\).*Set "
+            + view_option("lock_timeout")
+            + r" below 60 s \(for example to 30\), or remove it to have it derived from ttl",
+            message,
+        ), message
+
+    def test_both_on_the_view(self, client: Client, serve: Callable[..., str]) -> None:
+        message = refusal(client, serve, lambda: idempotent(create_order, ttl=10, lock_timeout=10))
+
+        assert message.startswith(
+            "idempotent(lock_timeout=...) (10 s, set on the view) must be below "
+            "idempotent(ttl=...) (10 s, set on the view)"
+        )
+        assert "below 10 s (for example to 5), or remove it" in message
+
+    def test_unsetting_it_on_the_view_is_said_to_be_none_when_the_setting_has_one(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        idempotency_settings(LOCK_TIMEOUT=3)
+
+        message = refusal(client, serve, lambda: idempotent(create_order, ttl=10, lock_timeout=10))
+
+        assert "or set it to None to have it derived from ttl" in message
+
+    def test_against_the_default_ttl(self, client: Client, serve: Callable[..., str]) -> None:
+        message = refusal(client, serve, lambda: idempotent(create_order, lock_timeout=100_000))
+
+        assert "must be below TTL (86400 s, the default)" in message
+
+    def test_a_setting_changed_after_decoration_is_refused_at_the_request(
+        self,
+        client: Client,
+        serve: Callable[..., str],
+        per_view: Configure,
+        idempotency_settings: Callable[..., None],
+    ) -> None:
+        url = serve(per_view(create_order, ttl=5))
+        assert send(client, url).status_code == 201
+
+        idempotency_settings(LOCK_TIMEOUT=30)
+        with pytest.raises(conf.OptionError, match=r"LOCK_TIMEOUT'\] \(30 s, set in the setting"):
+            send(client, url, key="another")
+
+        assert orders() == 1

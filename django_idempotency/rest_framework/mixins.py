@@ -117,14 +117,18 @@ class IdempotencyMixin(_Base):
                 f"as in class {cls.__name__}(IdempotencyMixin, APIView); after it, "
                 "DRF's stages run without the mixin's."
             )
+        # A misspelt option (idempotency_tll = 60) is refused here, when the
+        # class is defined, with the closest option's name, as the decorator
+        # refuses a misspelt keyword.
         for name in vars(cls):
-            if name.startswith(ATTRIBUTE_PREFIX) or name.startswith(GETTER_PREFIX):
-                option = name.removeprefix("get_").removeprefix(ATTRIBUTE_PREFIX)
-                if option not in conf.PER_VIEW_OPTIONS and name != "get_idempotency_options":
-                    raise TypeError(
-                        f"{cls.__qualname__}.{name}: there is no idempotency option "
-                        f"{option!r} (the options are: {', '.join(conf.PER_VIEW_OPTIONS)})"
-                    )
+            for prefix in (ATTRIBUTE_PREFIX, GETTER_PREFIX):
+                option = name.removeprefix(prefix)
+                if (
+                    name.startswith(prefix)
+                    and option not in conf.PER_VIEW_OPTIONS
+                    and name != "get_idempotency_options"
+                ):
+                    raise TypeError(conf.unknown_option(option, _label(cls, prefix)))
         cls._idempotency_parse(cls._idempotency_attributes(cls))
         cls._idempotency_per_request = (
             any(hasattr(cls, GETTER_PREFIX + name) for name in conf.PER_VIEW_OPTIONS)
@@ -145,7 +149,7 @@ class IdempotencyMixin(_Base):
 
     @classmethod
     def _idempotency_parse(cls, options: Mapping[str, Any]) -> None:
-        conf.parse_overrides(options, lambda name: f"{cls.__qualname__}.idempotency_{name}")
+        conf.parse_overrides(options, _label(cls))
 
     @staticmethod
     def _idempotency_attributes(source: object) -> dict[str, Any]:
@@ -182,7 +186,7 @@ class IdempotencyMixin(_Base):
 
     def get_idempotency(self) -> Idempotency:
         """The protection of this request, from :meth:`get_idempotency_options`."""
-        return protection(self.get_idempotency_options())
+        return protection(self.get_idempotency_options(), type(self))
 
     # -- DRF's stages ---------------------------------------------------------------
 
@@ -244,6 +248,12 @@ class IdempotencyMixin(_Base):
         return method in self.http_method_names and hasattr(self, method)
 
 
+def _label(cls: type, prefix: str = ATTRIBUTE_PREFIX) -> conf.Label:
+    """How the view class ``cls`` spells an option in error messages:
+    ``OrderViewSet.idempotency_ttl`` (or ``.get_idempotency_ttl``)."""
+    return lambda name: f"{cls.__qualname__}.{prefix}{name}"
+
+
 def _keep_body(request: Request) -> None:
     """Read the request's body into memory, where the fingerprint finds it
     after a parser has read the stream; a multipart form is fingerprinted
@@ -255,10 +265,12 @@ def _keep_body(request: Request) -> None:
 # -- one Idempotency per distinct set of options -----------------------------------------------
 
 
-def protection(options: Mapping[str, Any]) -> Idempotency:
+def protection(options: Mapping[str, Any], view_class: type | None = None) -> Idempotency:
     """The :class:`Idempotency` for ``options``, parsed once and shared by
     every request with the same options (a bounded cache: options decided
-    per request by ``get_idempotency_*()`` may be new objects each time)."""
+    per request by ``get_idempotency_*()`` may be new objects each time).
+    Errors name the options as attributes of ``view_class``, if given."""
+    label = conf.keyword_label if view_class is None else _label(view_class)
     try:
         # With each value's type: 1 == True and hash(1) == hash(True), but
         # they are not the same option value.
@@ -267,13 +279,16 @@ def protection(options: Mapping[str, Any]) -> Idempotency:
         )
         hash(frozen)
     except TypeError:
-        return Idempotency(options)
-    return _cached_protection(frozen)
+        return Idempotency(options, label=label)
+    return _cached_protection(frozen, view_class)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_protection(frozen: tuple[tuple[str, type, Hashable], ...]) -> Idempotency:
-    return Idempotency({name: value for name, _, value in frozen})
+def _cached_protection(
+    frozen: tuple[tuple[str, type, Hashable], ...], view_class: type | None
+) -> Idempotency:
+    label = conf.keyword_label if view_class is None else _label(view_class)
+    return Idempotency({name: value for name, _, value in frozen}, label=label)
 
 
 def _hashable(value: Any) -> Any:

@@ -151,7 +151,7 @@ def _mixin_policy(view: IdempotencyMixin) -> Policy:
     except Exception:
         # A get_idempotency_*() method that needs a real request (the
         # schema's is a mock): the view's attributes still say what it protects.
-        return protection(IdempotencyMixin._idempotency_attributes(view)).policy
+        return protection(IdempotencyMixin._idempotency_attributes(view), type(view)).policy
 
 
 def handler_protection(handler: Any) -> Idempotency | None:
