@@ -1,26 +1,192 @@
-"""Shared fixtures: views served under a URLconf made per test, a database
-alias that is really down, the database vendor under test, gates that hold a
-view's first run, and the closing of the connections async tests open."""
+"""Shared fixtures: the servers of the run (the machine's own or throwaway
+ones, see :mod:`services`), views served under a URLconf made per test, a
+database alias that is really down, the database vendor under test, gates that
+hold a view's first run, and the closing of the connections async tests open."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import os
 import sys
 import types
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import django
 import pytest
+import services
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.db import connection, connections
 from django.urls import clear_url_caches, path
 from helpers import AsyncGate, Gate
 
+import django_idempotency
 from django_idempotency import conf
 
 URLCONF = "idempotency_test_urls"
+
+DATABASE_SERVICES = {"postgresql": "postgresql", "mariadb": "mariadb"}
+
+
+# The run's servers --------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        required = services.required()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    package = Path(django_idempotency.__file__).resolve()
+    if os.environ.get("IDEMPOTENCY_TEST_INSTALLED") and package.is_relative_to(
+        config.rootpath / "django_idempotency"
+    ):
+        raise pytest.UsageError(
+            f"IDEMPOTENCY_TEST_INSTALLED is set, but django_idempotency is imported from the "
+            f"source tree ({package}), not from an installed package"
+        )
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller has checked
+    missing = [
+        services.address(name)
+        for name in sorted(required)
+        if not services.answers(services.address(name))
+    ]
+    if missing:
+        raise pytest.UsageError(
+            "required service(s) missing ("
+            + services.REQUIRE_VARIABLE
+            + "): "
+            + ", ".join(f"{s.name} does not answer on {s}" for s in missing)
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    database = django_settings.TEST_DATABASE
+    lines = [
+        f"django_idempotency {django_idempotency.__version__} from "
+        f"{Path(django_idempotency.__file__).parent}",
+        f"Django {django.get_version()}, database {database}",
+    ]
+    for name in ("postgresql", "mariadb", "redis"):
+        if name in DATABASE_SERVICES and DATABASE_SERVICES[name] != database:
+            continue
+        where = services.address(name)
+        if services.answers(where):
+            lines.append(f"{name}: the machine's, on {where}")
+        elif name == "mariadb":
+            lines.append(f"{name}: MISSING on {where}: its tests are skipped")
+        else:
+            lines.append(f"{name}: nothing on {where}: a throwaway server per test process")
+    return lines
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if django_settings.TEST_DATABASE != "mariadb":
+        return
+    where = services.mariadb_address()
+    if services.answers(where):
+        return
+    skip = pytest.mark.skip(
+        reason=f"MariaDB does not answer on {where} (IDEMPOTENCY_MYSQL_HOST/PORT); "
+        "no throwaway MariaDB exists, so its tests are not run"
+    )
+    for item in items:
+        item.add_marker(skip)
+
+
+@contextlib.contextmanager
+def _pointed_at(
+    variables: dict[str, str], entries: list[dict[str, Any]], values: dict[str, Any]
+) -> Iterator[None]:
+    """Point settings ``entries`` (``values``) and the environment (``variables``,
+    read by the server processes tests start) at a throwaway server."""
+    saved_env = {name: os.environ.get(name) for name in variables}
+    saved = [{key: entry.get(key) for key in values} for entry in entries]
+    os.environ.update(variables)
+    for entry in entries:
+        entry.update(values)
+    try:
+        yield
+    finally:
+        for entry, old in zip(entries, saved, strict=True):
+            entry.update(old)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgresql_server() -> Iterator[None]:
+    """The machine's PostgreSQL, or a throwaway one where it has none."""
+    if django_settings.TEST_DATABASE != "postgresql" or services.answers(
+        services.postgresql_address()
+    ):
+        yield
+        return
+    original = services.postgresql_address()
+    entries = [
+        entry
+        for entry in django_settings.DATABASES.values()
+        if (entry.get("HOST"), str(entry.get("PORT"))) == (original.host, str(original.port))
+    ]
+    with (
+        services.embedded_postgresql() as server,
+        _pointed_at(
+            {"IDEMPOTENCY_PG_HOST": server.host, "IDEMPOTENCY_PG_PORT": str(server.port)},
+            entries,
+            {"HOST": server.host, "PORT": str(server.port), "USER": "postgres"},
+        ),
+    ):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_server() -> Iterator[None]:
+    """The machine's Redis, or a throwaway one where it has none."""
+    cache = django_settings.CACHES.get("idempotency")
+    if cache is None or services.answers(services.redis_address()):
+        yield
+        return
+    with services.embedded_redis() as server:
+        url = f"redis://{server}/0"
+        with _pointed_at({"IDEMPOTENCY_REDIS_URL": url}, [cache], {"LOCATION": url}):
+            yield
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, _postgresql_server: None
+) -> None:
+    """pytest-django's hook on the database settings, before the test
+    databases are created: after the throwaway PostgreSQL, if any, is up."""
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """pytest-django's test databases, whose flushes skip the permissions.
+
+    A transactional test (``django_db(transaction=True)``) ends with a flush
+    of every table, after which Django recreates the auth permissions of
+    every model: more than half of the time the flush takes, and nothing in
+    the suite reads a permission row (superusers need none). The test
+    databases are created with them; flushes no longer recreate them."""
+    from django.contrib.auth.management import create_permissions
+    from django.db.models.signals import post_migrate
+
+    uid = "django.contrib.auth.management.create_permissions"
+    post_migrate.disconnect(create_permissions, dispatch_uid=uid)
+    yield
+    post_migrate.connect(create_permissions, dispatch_uid=uid)
+
+
+# Views, settings and databases of a test ------------------------------------------------------
 
 
 @pytest.fixture
