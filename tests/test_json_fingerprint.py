@@ -15,6 +15,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any, TypeAlias
 
+import pytest
 from django.http import HttpRequest
 from django.test import RequestFactory
 from hypothesis import example, given, settings
@@ -211,6 +212,10 @@ RANDOMS = st.randoms(use_true_random=False)
 
 #: Timing is not what these tests are about; a loaded machine must not fail them.
 no_deadline = settings(deadline=None)
+
+# Hundreds of examples each: on a loaded machine (the suite runs in several
+# processes) they need more than the suite's default hang backstop.
+pytestmark = pytest.mark.timeout(600)
 
 
 # -- the properties ------------------------------------------------------------------------------

@@ -277,8 +277,10 @@ def test_unreachable_cluster_fails_closed(
 
 @pytest.mark.django_db
 def test_async_views_served_by_wsgi_leave_no_connection_behind(
-    serve: Callable[..., str], store: RedisStorage
+    serve: Callable[..., str], private_store: RedisStorage
 ) -> None:
+    store = private_store  # a server whose connections no other test process opens
+
     # Under WSGI each async view runs in an event loop of its own, which ends
     # with the request; the store's asyncio client must end with it.
     async def view(request: Any) -> Any:
