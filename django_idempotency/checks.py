@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -107,9 +107,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id="django_idempotency.W030",
                 )
             )
-        # Checks given databases (check --database, migrate) may reach servers.
-        messages.extend(storage.check(atomic=values["atomic"], databases=kwargs.get("databases")))
+        # Given no databases, the store's checks reach no server: those that
+        # do run in check_storage_servers().
+        messages.extend(storage.check(atomic=values["atomic"]))
     return messages
+
+
+@register(Tags.database)
+def check_storage_servers(
+    app_configs: Any = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The store's checks that reach its servers (W023 for Redis), which
+    run as Django's database checks do: only when the checks are given
+    databases (``check --database``, ``migrate``). Django 6.1 leaves out the
+    database-tagged checks when none are given, but gives the other checks
+    every alias; Django 5.2 and 6.0 run every check, with ``databases=None``."""
+    if not databases:
+        return []
+    try:
+        atomic = conf.global_options()["atomic"]
+        storage = conf.get_storage()
+    except Exception:  # check_settings reports it (E003, E004)
+        return []
+    offline = storage.check(atomic=atomic)
+    return [m for m in storage.check(atomic=atomic, databases=databases) if m not in offline]
 
 
 def safe_methods_warning(methods: list[str]) -> Warning:
