@@ -54,7 +54,7 @@ def _media_type(request: HttpRequest) -> bytes:
     """The ``Content-Type``'s type/subtype and charset, case aside: a charset
     changes how the body's bytes are read; other parameters (a multipart
     boundary) do not count."""
-    media_type, params = parse_header_parameters(request.headers.get("content-type", ""))
+    media_type, params = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
     charset = params.get("charset", "").lower()
     return _utf8(f"{media_type};charset={charset}" if charset else media_type)
 
@@ -111,7 +111,7 @@ def request_body(request: HttpRequest) -> bytes:
 def is_multipart(request: HttpRequest) -> bool:
     """Whether the body is a multipart form, read from the ``Content-Type``
     header itself (a DRF ``Request.content_type`` holds its parameters too)."""
-    media_type, _ = parse_header_parameters(request.headers.get("content-type", ""))
+    media_type, _ = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
     return media_type.lower() == "multipart/form-data"
 
 
