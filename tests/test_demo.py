@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from importlib import import_module
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,9 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_without_rest_framework_step_7_says_how_to_see_it(settings: Any) -> None:
+    # The URLconf reads HAS_DRF once, when it is imported: import it first, or
+    # every later test in this process would find the DRF routes missing.
+    import_module(django_settings.ROOT_URLCONF)
     settings.HAS_DRF = False
     output = run_demo("--skip-slow")
     assert 'python -m pip install -e ".[drf]"' in output
