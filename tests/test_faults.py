@@ -38,6 +38,13 @@ FAIL_OPEN = "/faults/open/orders/"
 #: How long a client keeps retrying: the lease, a worker's restart, a margin.
 RETRY_FOR = LOCK_TIMEOUT + 20.0
 
+#: A blip: the store is cut this long after the view (``X-Delay`` 1 s) began,
+#: for this long, so that the view answers while the store is away. The
+#: lease, renewed every third of ``LOCK_TIMEOUT``, outlasts a blip this
+#: short by more than half a second however the two fall.
+BLIP_AFTER = 0.8
+BLIP_FOR = 0.5
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -114,6 +121,15 @@ class Sent:
     def answer(self) -> Answer:
         self._thread.join()
         return self._answers[0]
+
+    def wait_until_running(self, item: str) -> None:
+        """Wait until the view has written its order: the key is claimed and
+        the view is in its ``X-Delay``. (A fixed sleep instead would let a
+        slow machine cut the store before the claim.)"""
+        deadline = time.monotonic() + 10.0
+        while not runs(item):
+            assert time.monotonic() < deadline, "the view never started"
+            time.sleep(0.02)
 
 
 def clear_redis(prefix: str | None) -> None:
@@ -208,13 +224,14 @@ def _blip(rig: Rig, seconds: float) -> None:
 
 
 def test_store_blip_at_completion_is_ridden_out(rig: Rig, key: str) -> None:
-    """The store goes away as the view answers, and comes back a second
+    """The store goes away as the view answers, and comes back half a second
     later: the completion is retried until it lands, the client gets its
     answer a little later, and a retry gets the replay, not a second run."""
     path, item = path_for(PROTECTED, key)
     first = Sent(rig, path, key, X_Delay="1.0")
-    time.sleep(0.5)
-    _blip(rig, 1.0)
+    first.wait_until_running(item)
+    time.sleep(BLIP_AFTER)
+    _blip(rig, BLIP_FOR)
     answer = first.answer()
     retry = rig.post(path, key)
 
@@ -231,8 +248,9 @@ def test_store_blip_at_release_is_ridden_out(rig: Rig, key: str) -> None:
     the store is back, so the retry runs at once instead of meeting 409."""
     path, item = path_for(PROTECTED, key)
     first = Sent(rig, path, key, X_Delay="1.0", X_Answer_Status="503")
-    time.sleep(0.5)
-    _blip(rig, 1.0)
+    first.wait_until_running(item)
+    time.sleep(BLIP_AFTER)
+    _blip(rig, BLIP_FOR)
     answer = first.answer()
     retry = rig.post(path, key)
 
@@ -250,6 +268,7 @@ def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key
     mode closes it for writes in the same database)."""
     path, item = path_for(PROTECTED, key)
     first = Sent(rig, path, key, X_Delay="1.0")
+    first.wait_until_running(item)
     time.sleep(0.5)
     rig.proxy.cut()
     answer = first.answer()
@@ -274,6 +293,7 @@ def test_store_down_at_completion_leaves_the_claim_until_its_lease(rig: Rig, key
 def test_store_down_at_release_leaves_the_claim_until_its_lease(rig: Rig, key: str) -> None:
     path, item = path_for(PROTECTED, key)
     first = Sent(rig, path, key, X_Delay="1.0", X_Answer_Status="503")
+    first.wait_until_running(item)
     time.sleep(0.5)
     rig.proxy.cut()
     answer = first.answer()

@@ -52,7 +52,7 @@ from django_idempotency.models import IdempotencyKey
 LOCK_TIMEOUT = 2
 
 #: The chaos endpoints' lease and retention, in seconds.
-CHAOS_LOCK_TIMEOUT = 3
+CHAOS_LOCK_TIMEOUT = 4
 CHAOS_TTL = 20
 
 _finishing = threading.local()
