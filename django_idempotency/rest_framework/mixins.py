@@ -248,9 +248,12 @@ class IdempotencyMixin(_Base):
         return method in self.http_method_names and hasattr(self, method)
 
 
-def _label(cls: type, prefix: str = ATTRIBUTE_PREFIX) -> conf.Label:
+def _label(cls: type | None, prefix: str = ATTRIBUTE_PREFIX) -> conf.Label:
     """How the view class ``cls`` spells an option in error messages:
-    ``OrderViewSet.idempotency_ttl`` (or ``.get_idempotency_ttl``)."""
+    ``OrderViewSet.idempotency_ttl`` (or ``.get_idempotency_ttl``); without
+    a class, as the decorator's keyword."""
+    if cls is None:
+        return conf.keyword_label
     return lambda name: f"{cls.__qualname__}.{prefix}{name}"
 
 
@@ -270,7 +273,6 @@ def protection(options: Mapping[str, Any], view_class: type | None = None) -> Id
     every request with the same options (a bounded cache: options decided
     per request by ``get_idempotency_*()`` may be new objects each time).
     Errors name the options as attributes of ``view_class``, if given."""
-    label = conf.keyword_label if view_class is None else _label(view_class)
     try:
         # With each value's type: 1 == True and hash(1) == hash(True), but
         # they are not the same option value.
@@ -279,7 +281,7 @@ def protection(options: Mapping[str, Any], view_class: type | None = None) -> Id
         )
         hash(frozen)
     except TypeError:
-        return Idempotency(options, label=label)
+        return Idempotency(options, label=_label(view_class))
     return _cached_protection(frozen, view_class)
 
 
@@ -287,8 +289,7 @@ def protection(options: Mapping[str, Any], view_class: type | None = None) -> Id
 def _cached_protection(
     frozen: tuple[tuple[str, type, Hashable], ...], view_class: type | None
 ) -> Idempotency:
-    label = conf.keyword_label if view_class is None else _label(view_class)
-    return Idempotency({name: value for name, _, value in frozen}, label=label)
+    return Idempotency({name: value for name, _, value in frozen}, label=_label(view_class))
 
 
 def _hashable(value: Any) -> Any:
