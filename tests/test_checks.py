@@ -296,6 +296,17 @@ def test_e010_through_the_check_command(settings: Any) -> None:
         call_command("check", stdout=StringIO(), stderr=StringIO())
 
 
+def test_e011_a_database_the_store_has_no_statements_for(monkeypatch: Any) -> None:
+    """A backend other than PostgreSQL, MySQL/MariaDB and SQLite (Oracle, a
+    third-party one) is refused by the checks, before any request."""
+    monkeypatch.setattr(connections["secondary"], "vendor", "oracle")
+
+    messages = DatabaseStorage(database="secondary").check()
+
+    assert _ids(messages) == ["django_idempotency.E011"]
+    assert "'secondary' is 'oracle'" in messages[0].msg
+
+
 def _w010(vendor: str) -> list[str]:
     """W010 is about SQLite only: elsewhere claims commit at once on a
     connection of their own, even inside the request's transaction."""

@@ -3,9 +3,12 @@
 Claims are one ``INSERT ... ON CONFLICT DO NOTHING`` (``INSERT IGNORE`` on
 MySQL/MariaDB, ``INSERT OR IGNORE`` on SQLite) against the unique ``digest``
 column: whichever insert the database accepts first owns the key, on every
-backend, across processes and machines. A completion and a release are each
-one ``UPDATE``/``DELETE`` fenced by the owner's token. Every time is computed
-by the database (:class:`DatabaseNow`), so workers' clocks never matter.
+backend, across processes and machines. On PostgreSQL the same statement
+reads the record a losing claim ran into. A completion and a release are
+each one ``UPDATE``/``DELETE`` fenced by the owner's token. Every time is
+computed by the database, so workers' clocks never matter. The SQL is
+written once per database (:mod:`~django_idempotency.storage.statements`),
+not compiled by the ORM per request.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -24,18 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished
 from django.db import Error as DriverError
 from django.db import connections, router, transaction
-from django.db.models import (
-    BooleanField,
-    DateTimeField,
-    Expression,
-    ExpressionWrapper,
-    Func,
-    Q,
-    Value,
-)
-from django.db.models.constants import OnConflict
-from django.db.models.expressions import CombinedExpression
-from django.db.models.sql import InsertQuery
+from django.db.models import DateTimeField, Func, Q
 from django.db.models.sql.compiler import SQLCompiler
 
 from django_idempotency.models import IdempotencyKey, State
@@ -44,11 +35,11 @@ from django_idempotency.storage.base import (
     BaseStorage,
     Claim,
     PurgeResult,
-    Record,
     RequestKey,
     StorageError,
     StoreTransaction,
 )
+from django_idempotency.storage.statements import DIALECTS, Row, Statements
 from django_idempotency.transactions import opened_by_request, opened_by_test
 
 #: What the database raises when it fails, or its connection does: Django's
@@ -61,25 +52,26 @@ CLAIM_ATTEMPTS = 3
 
 
 class DatabaseNow(Func):
-    """The database's current UTC time, with sub-second precision."""
+    """The database's current UTC time, for the ORM's queries (the purge):
+    the clock of :data:`~django_idempotency.storage.statements.DIALECTS`."""
 
     template = "CURRENT_TIMESTAMP"
     output_field = DateTimeField()
 
-    def as_postgresql(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
-        return self.as_sql(compiler, connection, template="STATEMENT_TIMESTAMP()", **extra)
-
-    def as_mysql(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
-        # CURRENT_TIMESTAMP is in the session's time zone; Django stores UTC.
-        return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra)
-
-    def as_sqlite(self, compiler: SQLCompiler, connection: Any, **extra: Any) -> Any:
-        return self.as_sql(
-            compiler,
-            connection,
-            template="STRFTIME('%%%%Y-%%%%m-%%%%d %%%%H:%%%%M:%%%%f', 'NOW')",
-            **extra,
-        )
+    def as_sql(
+        self,
+        compiler: SQLCompiler,
+        connection: Any,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> Any:
+        dialect = DIALECTS.get(connection.vendor)
+        if template is None and dialect is not None:
+            # The ORM formats a template once more than a statement's SQL.
+            template = dialect.now.replace("%", "%%")
+        return super().as_sql(compiler, connection, function, template, arg_joiner, **extra_context)
 
 
 # -- atomic mode -------------------------------------------------------------------
@@ -185,12 +177,6 @@ def _delete(queryset: Any) -> int:
     return int(queryset._raw_delete(queryset.db))
 
 
-def _now_plus(seconds: float) -> Expression:
-    return CombinedExpression(
-        DatabaseNow(), "+", Value(timedelta(seconds=seconds)), output_field=DateTimeField()
-    )
-
-
 class DatabaseStorage(BaseStorage):
     """Keeps records in the project's database (the default store).
 
@@ -211,63 +197,64 @@ class DatabaseStorage(BaseStorage):
 
     def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
         token = uuid.uuid4().hex
+        statements = self._statements()
         try:
-            for _attempt in range(CLAIM_ATTEMPTS):
-                if self._insert(key, token, ttl=ttl, lease=lease):
-                    return Claim(token=token)
-                # The digest exists. Read it: a live record (the common case,
-                # a duplicate) is the answer, in two statements in all.
-                record, lapsed = self._live_record(key)
-                stale = record is None or (
-                    lapsed
-                    and record.state == "in_progress"
-                    and record.fingerprint == key.fingerprint
-                )
-                if not stale:
-                    return Claim(record=record)
-                # Expired, or an abandoned claim of this request: take it over
-                # with an UPDATE that checks the same conditions again, so a
-                # concurrent claim or completion in between wins instead.
-                if self._take_over(key, token, ttl=ttl, lease=lease):
-                    return Claim(token=token)
+            with self._cursor() as cursor:
+                for _attempt in range(CLAIM_ATTEMPTS):
+                    cursor.execute(
+                        statements.claim,
+                        statements.claim_params(key, token, ttl=ttl, lease=lease),
+                    )
+                    if statements.dialect.claims_in_one:
+                        row = cursor.fetchone()
+                        if row is not None and row[0]:
+                            return Claim(token=token)
+                        found = Row(*row[1:]) if row is not None else self._read(cursor, key)
+                    elif cursor.rowcount == 1:
+                        return Claim(token=token)
+                    else:
+                        # The digest exists: read it. A live record (the
+                        # common case, a duplicate) is the answer.
+                        found = self._read(cursor, key)
+                    if found is not None and not found.stale(key):
+                        return Claim(record=found.record())
+                    # Gone, expired, or an abandoned claim of this request:
+                    # take it over with an UPDATE that checks the same
+                    # conditions again, so that a concurrent claim or
+                    # completion in between wins instead.
+                    cursor.execute(
+                        statements.take_over,
+                        statements.take_over_params(key, token, ttl=ttl, lease=lease),
+                    )
+                    if cursor.rowcount == 1:
+                        return Claim(token=token)
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
         raise StorageError("the record kept changing while it was being claimed")
 
     def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
+        statements = self._statements()
         try:
-            updated = self._owned(key, token).update(
-                state=State.COMPLETED,
-                locked_until=None,
-                response_status=response.status,
-                response_headers=[list(pair) for pair in response.headers],
-                response_body=response.body,
-                replayable=response.replayable,
-            )
-            # A retry whose first attempt's reply was lost finds the key
-            # completed by its own token already.
-            done = updated == 1 or (
-                self._manager()
-                .filter(digest=key.digest, owner=token, state=State.COMPLETED)
-                .exists()
-            )
+            with self._cursor() as cursor:
+                cursor.execute(
+                    statements.complete, statements.complete_params(key, token, response)
+                )
+                if cursor.rowcount == 1:
+                    return True
+                # A retry whose first attempt's reply was lost finds the key
+                # completed by its own token already.
+                cursor.execute(statements.completed_by, statements.completed_by_params(key, token))
+                return cursor.fetchone() is not None
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
-        return bool(done)
 
     def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
-        try:
-            updated = self._owned(key, token).update(locked_until=_now_plus(lease))
-        except DB_ERRORS as exc:
-            raise self._error(exc) from exc
-        return bool(updated == 1)
+        statements = self._statements()
+        return self._changes(statements.renew, statements.renew_params(key, token, lease=lease))
 
     def release(self, key: RequestKey, token: str) -> bool:
-        try:
-            deleted = _delete(self._owned(key, token))
-        except DB_ERRORS as exc:
-            raise self._error(exc) from exc
-        return bool(deleted == 1)
+        statements = self._statements()
+        return self._changes(statements.release, statements.owned_params(key, token))
 
     def begin(self) -> StoreTransaction:
         alias = self.alias
@@ -356,10 +343,18 @@ class DatabaseStorage(BaseStorage):
                 )
             ]
         alias = self.alias
-        if (
-            settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS")
-            and connections[alias].vendor == "sqlite"
-        ):
+        vendor = connections[alias].vendor
+        if vendor not in DIALECTS:
+            return [
+                checks.Error(
+                    f"The idempotency database store supports PostgreSQL, MySQL/MariaDB and "
+                    f"SQLite; the database {alias!r} is {vendor!r}.",
+                    hint="Keep the keys in one of those databases "
+                    "(IDEMPOTENCY['STORAGE_OPTIONS']['DATABASE']), or use the Redis store.",
+                    id="django_idempotency.E011",
+                )
+            ]
+        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS") and vendor == "sqlite":
             return [
                 checks.Warning(
                     f"ATOMIC_REQUESTS is on for the SQLite database {alias!r} that stores "
@@ -392,84 +387,32 @@ class DatabaseStorage(BaseStorage):
     def _manager(self) -> Any:
         return IdempotencyKey._default_manager.using(self.alias)
 
-    def _owned(self, key: RequestKey, token: str) -> Any:
-        return self._manager().filter(digest=key.digest, owner=token, state=State.IN_PROGRESS)
-
-    def _claim_values(
-        self, key: RequestKey, token: str, *, ttl: float, lease: float
-    ) -> dict[str, Any]:
-        return {
-            "scope": key.scope,
-            "key": key.key,
-            "fingerprint": key.fingerprint,
-            "state": State.IN_PROGRESS,
-            "owner": token,
-            "locked_until": _now_plus(lease),
-            "response_status": None,
-            "response_headers": None,
-            "response_body": None,
-            "replayable": True,
-            "created_at": DatabaseNow(),
-            "expires_at": _now_plus(ttl),
-        }
-
-    def _insert(self, key: RequestKey, token: str, *, ttl: float, lease: float) -> bool:
-        """INSERT unless the digest exists; True if this row went in."""
-        row = IdempotencyKey(
-            digest=key.digest, **self._claim_values(key, token, ttl=ttl, lease=lease)
-        )
-        fields = [f for f in IdempotencyKey._meta.concrete_fields if not f.primary_key]
-        query = InsertQuery(IdempotencyKey, on_conflict=OnConflict.IGNORE)
-        query.insert_values(fields, [row])
+    def _statements(self) -> Statements:
+        """The SQL for the store's database, built on first use per alias."""
         alias = self.alias
-        compiler = query.get_compiler(using=alias)
-        with connections[alias].cursor() as cursor:
-            for sql, params in compiler.as_sql():
+        statements = _STATEMENTS.get(alias)
+        if statements is None:
+            statements = _STATEMENTS[alias] = Statements(connections[alias])
+        return statements
+
+    def _cursor(self) -> Any:
+        return connections[self.alias].cursor()
+
+    def _changes(self, sql: str, params: Any) -> bool:
+        """Run an UPDATE or DELETE of one record: whether it changed it."""
+        try:
+            with self._cursor() as cursor:
                 cursor.execute(sql, params)
-            return bool(cursor.rowcount == 1)
+                return bool(cursor.rowcount == 1)
+        except DB_ERRORS as exc:
+            raise self._error(exc) from exc
 
-    def _take_over(self, key: RequestKey, token: str, *, ttl: float, lease: float) -> bool:
-        """Claim an expired record, or an abandoned claim of the same request."""
-        now = DatabaseNow()
-        stale = Q(expires_at__lte=now) | Q(
-            state=State.IN_PROGRESS, locked_until__lte=now, fingerprint=key.fingerprint
-        )
-        updated = (
-            self._manager()
-            .filter(stale, digest=key.digest)
-            .update(**self._claim_values(key, token, ttl=ttl, lease=lease))
-        )
-        return bool(updated == 1)
+    def _read(self, cursor: Any, key: RequestKey) -> Row | None:
+        cursor.execute(self._statements().read, (key.digest,))
+        found = cursor.fetchone()
+        return Row(*found) if found is not None else None
 
-    def _live_record(self, key: RequestKey) -> tuple[Record | None, bool]:
-        """The record unless it expired, and whether its lease has lapsed."""
-        rows = list(
-            self._manager()
-            .filter(digest=key.digest, expires_at__gt=DatabaseNow())
-            .annotate(
-                lapsed=ExpressionWrapper(
-                    Q(locked_until__lte=DatabaseNow()), output_field=BooleanField()
-                )
-            )
-            .values_list(
-                "state",
-                "fingerprint",
-                "response_status",
-                "response_headers",
-                "response_body",
-                "replayable",
-                "lapsed",
-            )[:1]
-        )
-        if not rows:
-            return None, False
-        state, fingerprint, status, headers, body, replayable, lapsed = rows[0]
-        response = None
-        if state == State.COMPLETED:
-            response = StoredResponse(
-                status=status,
-                headers=tuple((name, value) for name, value in headers or ()),
-                body=bytes(body or b""),
-                replayable=replayable,
-            )
-        return Record(state=state, fingerprint=fingerprint, response=response), bool(lapsed)
+
+#: The statements of each database alias, built once per process (aliases
+#: and their backends do not change while it runs).
+_STATEMENTS: dict[str, Statements] = {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import uuid
@@ -41,7 +40,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio import connection as async_connection
 from redis.asyncio import sentinel as async_sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from django_idempotency.responses import StoredResponse
@@ -107,12 +106,6 @@ end
 return redis.call('DEL', KEYS[1])
 """
 
-_SHA = {
-    script: hashlib.sha1(script.encode()).hexdigest()
-    for script in (CLAIM, COMPLETE, RENEW, RELEASE)
-}
-
-
 # What a store that is down, slow or full raises; the store answers StorageError.
 # (This module is imported only when RedisStorage is used: see storage/__init__.py.)
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
@@ -152,6 +145,7 @@ class RedisStorage(BaseStorage):
         self._twin_problem: str | None = None
         self._twin_known = False
         self._eviction_looked_at = False
+        self._scripts: dict[tuple[str, bool], Any] = {}
 
     def redis_key(self, key: RequestKey) -> str:
         return f"{self.key_prefix}:{{{key.digest}}}"
@@ -339,7 +333,7 @@ class RedisStorage(BaseStorage):
             if script is CLAIM and self._first_claim():
                 with contextlib.suppress(*REDIS_ERRORS):
                     self._log_eviction(client.info("memory"))
-            return _evalsha(client, script, self.redis_key(key), args)
+            return self._script(script, client)([self.redis_key(key)], args, client)
         except REDIS_ERRORS as exc:
             raise StorageError(f"Redis: {exc}") from exc
 
@@ -352,12 +346,19 @@ class RedisStorage(BaseStorage):
             if script is CLAIM and self._first_claim():
                 with contextlib.suppress(*REDIS_ERRORS):
                     self._log_eviction(await client.info("memory"))
-            try:
-                return await client.evalsha(_SHA[script], 1, redis_key, *args)
-            except NoScriptError:
-                return await client.eval(script, 1, redis_key, *args)
+            return await self._script(script, client, asynchronous=True)([redis_key], args, client)
         except REDIS_ERRORS as exc:
             raise StorageError(f"Redis: {exc}") from exc
+
+    def _script(self, script: str, client: Any, *, asynchronous: bool = False) -> Any:
+        """redis-py's ``Script`` of ``script`` for sync or asyncio clients,
+        made once per store: ``EVALSHA``, and where the server does not know
+        the script yet (its first call, or after a restart), ``SCRIPT LOAD``
+        and ``EVALSHA`` again."""
+        runner = self._scripts.get((script, asynchronous))
+        if runner is None:
+            runner = self._scripts[script, asynchronous] = client.register_script(script)
+        return runner
 
     # -- eviction --------------------------------------------------------------
 
@@ -519,13 +520,6 @@ _NOT_TWINNED = frozenset({"parser_class", "connection_pool"})
 
 def _name(cls: type[Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _evalsha(client: Redis, script: str, redis_key: str, args: tuple[Any, ...]) -> Any:
-    try:
-        return client.evalsha(_SHA[script], 1, redis_key, *args)
-    except NoScriptError:  # the first call on this server, or after a restart
-        return client.eval(script, 1, redis_key, *args)
 
 
 def _token() -> str:

@@ -1,14 +1,24 @@
-"""Endpoints the benchmarks compare: one view, plain and protected.
+"""Endpoints the benchmarks compare: two views, each plain and protected.
 
 Mounted only when ``IDEMPOTENCY_BENCH=1`` (``benchmarks/run.py`` sets it).
-Every variant runs the same work: it writes an order and answers a JSON
-document of about 1 KB, like an API returning the resource it created.
-``/bench/atomic/`` is the database store in atomic mode.
+
+``typical``
+    writes an order and answers a JSON document of about 1 KB, like an API
+    returning the resource it created;
+``minimal``
+    the cheapest view a user could write: one ``INSERT``, a 40-byte answer.
+    It is where the cost of protection shows most.
+
+Each view is mounted at ``/bench/<view>/<form>/``: ``plain``, ``database``
+(``@idempotent``), ``atomic`` (the database store in atomic mode), ``redis``
+(the Redis store), and as a DRF ``APIView``: ``drf-plain``, ``drf-database``,
+``drf-redis`` (``IdempotencyMixin``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -19,12 +29,8 @@ from django.views.decorators.csrf import csrf_exempt
 from demo.models import Order
 from django_idempotency.decorators import idempotent
 
-#: The answer's padding: the document is about 1 KB.
+#: The typical answer's padding: the document is about 1 KB.
 NOTE = "x" * 900
-
-
-def _document(order: Order) -> dict[str, Any]:
-    return {"id": order.pk, "item": order.item, "quantity": order.quantity, "note": NOTE}
 
 
 def _create(request: HttpRequest) -> Order:
@@ -32,9 +38,19 @@ def _create(request: HttpRequest) -> Order:
     return Order.objects.create(item=str(data.get("item", "bench"))[:100], quantity=1)
 
 
-def create(request: HttpRequest) -> HttpResponse:
-    order = _create(request)
-    return HttpResponse(json.dumps(_document(order)), status=201, content_type="application/json")
+def _typical(order: Order) -> dict[str, Any]:
+    return {"id": order.pk, "item": order.item, "quantity": order.quantity, "note": NOTE}
+
+
+def _minimal(order: Order) -> dict[str, Any]:
+    return {"id": order.pk, "status": "created"}
+
+
+#: Each view's answer, built from the order it wrote.
+DOCUMENTS: dict[str, Callable[[Order], dict[str, Any]]] = {
+    "typical": _typical,
+    "minimal": _minimal,
+}
 
 
 def _redis_storage() -> Any:
@@ -43,14 +59,25 @@ def _redis_storage() -> Any:
     return RedisStorage(cache_alias="idempotency", key_prefix="bench")
 
 
-urlpatterns: list[URLPattern] = [
-    path("bench/plain/", csrf_exempt(create)),
-    path("bench/database/", csrf_exempt(idempotent(create))),
-    path("bench/atomic/", csrf_exempt(idempotent(atomic=True)(create))),
-]
-if settings.HAS_REDIS:
-    protected = idempotent(storage=_redis_storage())(create)
-    urlpatterns.append(path("bench/redis/", csrf_exempt(protected)))
+def _function_view(document: Callable[[Order], dict[str, Any]]) -> Callable[..., HttpResponse]:
+    def create(request: HttpRequest) -> HttpResponse:
+        body = json.dumps(document(_create(request)))
+        return HttpResponse(body, status=201, content_type="application/json")
+
+    return create
+
+
+urlpatterns: list[URLPattern] = []
+for name, document in DOCUMENTS.items():
+    view = _function_view(document)
+    urlpatterns += [
+        path(f"bench/{name}/plain/", csrf_exempt(view)),
+        path(f"bench/{name}/database/", csrf_exempt(idempotent(view))),
+        path(f"bench/{name}/atomic/", csrf_exempt(idempotent(atomic=True)(view))),
+    ]
+    if settings.HAS_REDIS:
+        protected = idempotent(storage=_redis_storage())(view)
+        urlpatterns.append(path(f"bench/{name}/redis/", csrf_exempt(protected)))
 
 if settings.HAS_DRF:
     from rest_framework.request import Request
@@ -59,20 +86,24 @@ if settings.HAS_DRF:
 
     from django_idempotency.rest_framework import IdempotencyMixin
 
-    class Plain(APIView):
-        authentication_classes: list[Any] = []
+    def _api_views(document: Callable[[Order], dict[str, Any]]) -> tuple[Any, Any]:
+        class Plain(APIView):
+            authentication_classes: list[Any] = []
 
-        def post(self, request: Request) -> Response:
-            return Response(_document(_create(request)), status=201)
+            def post(self, request: Request) -> Response:
+                return Response(document(_create(request)), status=201)
 
-    class Protected(IdempotencyMixin, Plain):
-        pass
+        class Protected(IdempotencyMixin, Plain):
+            pass
 
-    urlpatterns += [
-        path("bench/drf/plain/", Plain.as_view()),
-        path("bench/drf/database/", Protected.as_view()),
-    ]
-    if settings.HAS_REDIS:
-        urlpatterns.append(
-            path("bench/drf/redis/", Protected.as_view(idempotency_storage=_redis_storage()))
-        )
+        return Plain, Protected
+
+    for name, document in DOCUMENTS.items():
+        plain, protected_class = _api_views(document)
+        urlpatterns += [
+            path(f"bench/{name}/drf-plain/", plain.as_view()),
+            path(f"bench/{name}/drf-database/", protected_class.as_view()),
+        ]
+        if settings.HAS_REDIS:
+            redis_view = protected_class.as_view(idempotency_storage=_redis_storage())
+            urlpatterns.append(path(f"bench/{name}/drf-redis/", redis_view))

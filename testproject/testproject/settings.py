@@ -17,7 +17,8 @@ The database is chosen with the environment variable ``IDEMPOTENCY_TEST_DATABASE
 ``IDEMPOTENCY_TEST_DB_NAME`` sets the name of the database the test runner creates
 (``TEST["NAME"]``; ``:memory:`` for SQLite's in-memory database);
 ``IDEMPOTENCY_DB_NAME_OVERRIDE`` replaces ``NAME`` itself, so that server processes
-started by a test (gunicorn) use the exact test database.
+started by a test (gunicorn) use the exact test database. ``IDEMPOTENCY_CONN_MAX_AGE``
+sets ``CONN_MAX_AGE`` (persistent connections; the benchmarks use them).
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ if os.environ.get("IDEMPOTENCY_TEST_DB_NAME"):
     _default_db.setdefault("TEST", {})["NAME"] = os.environ["IDEMPOTENCY_TEST_DB_NAME"]
 if os.environ.get("IDEMPOTENCY_DB_NAME_OVERRIDE"):
     _default_db["NAME"] = os.environ["IDEMPOTENCY_DB_NAME_OVERRIDE"]
+if os.environ.get("IDEMPOTENCY_CONN_MAX_AGE"):
+    # Persistent connections, as in production (the benchmarks set it).
+    _default_db["CONN_MAX_AGE"] = int(os.environ["IDEMPOTENCY_CONN_MAX_AGE"])
 
 DATABASES = {
     "default": _default_db,
