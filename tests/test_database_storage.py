@@ -19,6 +19,7 @@ from helpers import LEASE, TTL, claim_token, new_key
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage import DatabaseStorage, PurgeResult, RequestKey, StorageError
+from django_idempotency.storage.statements import Statements
 
 RESPONSE = StoredResponse(
     status=201, headers=(("Content-Type", "application/json"),), body=b'{"id": 1}'
@@ -457,10 +458,10 @@ def test_a_claim_that_waited_for_a_concurrent_one_gets_its_record(db_vendor: str
     other = connections.create_connection("default")
     try:
         other.set_autocommit(False)
+        statements = Statements(other)
         with other.cursor() as cursor:  # the concurrent claim, left uncommitted
             cursor.execute(
-                storage._statements().claim,
-                storage._statements().claim_params(key, "winner", ttl=TTL, lease=LEASE),
+                statements.claim, statements.claim_params(key, "winner", ttl=TTL, lease=LEASE)
             )
         outcome: list[Any] = []
 

@@ -197,9 +197,9 @@ class DatabaseStorage(BaseStorage):
 
     def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
         token = uuid.uuid4().hex
-        statements = self._statements()
+        connection, statements = self._statements()
         try:
-            with self._cursor() as cursor:
+            with connection.cursor() as cursor:
                 for _attempt in range(CLAIM_ATTEMPTS):
                     cursor.execute(
                         statements.claim,
@@ -209,13 +209,17 @@ class DatabaseStorage(BaseStorage):
                         row = cursor.fetchone()
                         if row is not None and row[0]:
                             return Claim(token=token)
-                        found = Row(*row[1:]) if row is not None else self._read(cursor, key)
+                        found = (
+                            Row(*row[1:])
+                            if row is not None
+                            else self._read(cursor, statements, key)
+                        )
                     elif cursor.rowcount == 1:
                         return Claim(token=token)
                     else:
                         # The digest exists: read it. A live record (the
                         # common case, a duplicate) is the answer.
-                        found = self._read(cursor, key)
+                        found = self._read(cursor, statements, key)
                     if found is not None and not found.stale(key):
                         return Claim(record=found.record())
                     # Gone, expired, or an abandoned claim of this request:
@@ -233,9 +237,9 @@ class DatabaseStorage(BaseStorage):
         raise StorageError("the record kept changing while it was being claimed")
 
     def complete(self, key: RequestKey, token: str, response: StoredResponse) -> bool:
-        statements = self._statements()
+        connection, statements = self._statements()
         try:
-            with self._cursor() as cursor:
+            with connection.cursor() as cursor:
                 cursor.execute(
                     statements.complete, statements.complete_params(key, token, response)
                 )
@@ -249,12 +253,14 @@ class DatabaseStorage(BaseStorage):
             raise self._error(exc) from exc
 
     def renew(self, key: RequestKey, token: str, *, lease: float) -> bool:
-        statements = self._statements()
-        return self._changes(statements.renew, statements.renew_params(key, token, lease=lease))
+        connection, statements = self._statements()
+        return self._changes(
+            connection, statements.renew, statements.renew_params(key, token, lease=lease)
+        )
 
     def release(self, key: RequestKey, token: str) -> bool:
-        statements = self._statements()
-        return self._changes(statements.release, statements.owned_params(key, token))
+        connection, statements = self._statements()
+        return self._changes(connection, statements.release, statements.owned_params(key, token))
 
     def begin(self) -> StoreTransaction:
         alias = self.alias
@@ -387,28 +393,27 @@ class DatabaseStorage(BaseStorage):
     def _manager(self) -> Any:
         return IdempotencyKey._default_manager.using(self.alias)
 
-    def _statements(self) -> Statements:
-        """The SQL for the store's database, built on first use per alias."""
+    def _statements(self) -> tuple[Any, Statements]:
+        """The store's connection, and the SQL for its database (built on
+        first use per alias)."""
         alias = self.alias
         statements = _STATEMENTS.get(alias)
         if statements is None:
             statements = _STATEMENTS[alias] = Statements(connections[alias])
-        return statements
+        return connections[alias], statements
 
-    def _cursor(self) -> Any:
-        return connections[self.alias].cursor()
-
-    def _changes(self, sql: str, params: Any) -> bool:
+    def _changes(self, connection: Any, sql: str, params: Any) -> bool:
         """Run an UPDATE or DELETE of one record: whether it changed it."""
         try:
-            with self._cursor() as cursor:
+            with connection.cursor() as cursor:
                 cursor.execute(sql, params)
                 return bool(cursor.rowcount == 1)
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
 
-    def _read(self, cursor: Any, key: RequestKey) -> Row | None:
-        cursor.execute(self._statements().read, (key.digest,))
+    @staticmethod
+    def _read(cursor: Any, statements: Statements, key: RequestKey) -> Row | None:
+        cursor.execute(statements.read, (key.digest,))
         found = cursor.fetchone()
         return Row(*found) if found is not None else None
 
