@@ -7,18 +7,20 @@ Needs the test extras and the machine's PostgreSQL, MariaDB and Redis (the
 services the test suite uses; see docs/contributing.rst). Not part of the test
 suite: it prints figures and ratios, and asserts nothing about speed.
 
-For each database, a gunicorn pool (4 gthread workers, as a small production
-setup) serves ``demo.bench``: one view that writes an order and answers about
-1 KB of JSON, mounted plain, behind ``@idempotent`` (database store, Redis
-store, and the database store in atomic mode), and as a DRF APIView plain
-and with ``IdempotencyMixin``. Load comes
+For each database, a gunicorn pool (4 gthread workers with persistent
+database connections, as a small production setup) serves ``demo.bench``:
+two views, the minimal one (one INSERT, a 40-byte answer) and a typical one
+(about 1 KB of JSON), each mounted plain, behind ``@idempotent`` (database
+store, Redis store, and the database store in atomic mode), and as a DRF
+APIView plain and with ``IdempotencyMixin``. Load comes
 from client threads in this process, each on a keep-alive connection, every
 POST with a fresh key. The variants run in interleaved rounds, so that the
 machine's drift hits all of them alike, and each is reported as a ratio to the
 plain view of the same round. CPU per request is the whole machine's (server,
 database, Redis) minus this process's own.
 
-Then: replays against first executions, round trips per request counted in
+Then: unloaded first requests and replays, the package's own Python per
+request, designs measured on their SQL alone, round trips per request counted in
 the database's statements and in Redis' command statistics, bytes per stored
 key, what keeping leases alive costs, the duplicate storm, and (PostgreSQL)
 purging a million expired keys, alone and under traffic.
@@ -27,6 +29,7 @@ purging a million expired keys, alone and under traffic.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -463,6 +466,61 @@ def load_one(server: servers.Server, path: str, key: str, index: int) -> int:
     return status
 
 
+def part_designs(vendor: str, requests: int) -> None:
+    """PostgreSQL: designs measured, not built, at the level of their SQL
+    (one connection, no server, no Django): a protected minimal view's
+    statements as the store sends them (claim, the view's INSERT and the
+    completion, each committed on its own); the same with server-side
+    prepared statements (psycopg's ``prepare=True``); and with one commit
+    for all three, where duplicates would wait on the unique index for the
+    first request's commit instead of being answered at once."""
+    if vendor != "postgresql":
+        return
+    import psycopg
+    from django.db import connection
+
+    from django_idempotency.responses import StoredResponse
+    from django_idempotency.storage.base import RequestKey
+    from django_idempotency.storage.statements import Statements
+
+    statements = Statements(connection)
+    response = StoredResponse(status=201, body=b'{"id": 1, "status": "created"}')
+    order = "INSERT INTO demo_order (item, quantity, created_at) VALUES (%s, 1, now())"
+    dsn = f"host=127.0.0.1 user=postgres dbname={BENCH_DB}"
+
+    def protected(conn: Any, *, prepare: bool | None, one_commit: bool) -> None:
+        key = RequestKey(scope="bench|designs/", key=uuid.uuid4().hex, fingerprint="f" * 64)
+        token = uuid.uuid4().hex
+        params = statements.claim_params(key, token, ttl=86400, lease=30)
+        with conn.transaction() if one_commit else contextlib.nullcontext():
+            conn.execute(statements.claim, params, prepare=prepare).fetchone()
+            conn.execute(order, ("designs",), prepare=prepare)
+            complete = statements.complete_params(key, token, response)
+            conn.execute(statements.complete, complete, prepare=prepare)
+
+    def plain(conn: Any, *, prepare: bool | None, one_commit: bool) -> None:
+        conn.execute(order, ("designs",), prepare=prepare)
+
+    designs: dict[str, tuple[Callable[..., None], bool | None, bool]] = {
+        "plain view (one INSERT)": (plain, None, False),
+        "protected, as built (3 commits)": (protected, None, False),
+        "protected, prepared statements": (protected, True, False),
+        "protected, one commit for all": (protected, None, True),
+    }
+    timings: dict[str, list[float]] = {name: [] for name in designs}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _round in range(5):
+            for name, (run, prepare, one_commit) in designs.items():
+                for _ in range(max(1, requests // 5)):
+                    started = time.perf_counter()
+                    run(conn, prepare=prepare, one_commit=one_commit)
+                    timings[name].append(time.perf_counter() - started)
+    base = statistics.median(timings["protected, as built (3 commits)"])
+    for name, values in timings.items():
+        median = statistics.median(values)
+        print(f"  {name:<34} {median * 1e3:6.3f} ms  x{median / base:.2f} of as built")
+
+
 def part_round_trips(vendor: str) -> None:
     """Statements and Redis commands per request, counted in-process."""
     from django.db import connection
@@ -793,7 +851,17 @@ def write_chart(
 
 
 #: The parts of a run, in their order.
-PARTS = ("throughput", "latency", "profile", "round-trips", "storage", "leases", "storm", "purge")
+PARTS = (
+    "throughput",
+    "latency",
+    "profile",
+    "designs",
+    "round-trips",
+    "storage",
+    "leases",
+    "storm",
+    "purge",
+)
 
 
 def main() -> None:
@@ -875,6 +943,9 @@ def main() -> None:
             if "profile" in parts:
                 print("\n-- the package's own Python per request, in-process")
                 part_profile(variants, args.requests)
+            if "designs" in parts and vendor == "postgresql":
+                print("\n-- designs measured on their SQL alone (PostgreSQL)")
+                part_designs(vendor, args.requests)
             if "round-trips" in parts:
                 print("\n-- round trips per request")
                 part_round_trips(vendor)
