@@ -104,7 +104,7 @@ class Exchange:
     def claim_rolled_back(self) -> bool:
         """Whether the claim joined a transaction around the request that is
         now marked for rollback: the key is free again with it."""
-        return self.joined is not None and transactions.rolled_back(self.joined)
+        return self.joined is not None and transactions.rolled_back(using=self.joined)
 
     @property
     def claim_token(self) -> str:
@@ -453,14 +453,15 @@ class Idempotency:
         if not exchange.keeps(response):
             self.abort(exchange, f"status {response.status_code}")
             return response
-        if transactions.rolled_back():
+        open_now = transactions.inside()
+        if transactions.rolled_back(open_now):
             return self._finish_rolled_back(exchange, response)
         ready = _after(2, partial(self._complete, exchange, response))
         if not defer_until_rendered(
             response, ready, partial(self.abort, exchange, "rendering failed")
         ):
             ready()
-        if not transactions.after_commit(ready):
+        if not transactions.after_commit(ready, open_now):
             ready()
         return response
 

@@ -15,7 +15,7 @@ atomic blocks, and treated as no transaction at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -35,25 +35,34 @@ def opened_by_request(connection: Any) -> bool:
     )
 
 
-def rolled_back(using: str | None = None) -> bool:
+def inside() -> list[Any]:
+    """The connections on which the request runs inside a transaction now
+    (any atomic block, a test case's too): one look at every connection, to
+    hand to :func:`rolled_back` and :func:`after_commit`, which ask of the
+    same moment."""
+    return [c for c in connections.all(initialized_only=True) if c.in_atomic_block]
+
+
+def rolled_back(open_now: Sequence[Any] | None = None, *, using: str | None = None) -> bool:
     """Whether a transaction the request runs inside (on the alias ``using``,
     or on any) is marked to be rolled back: a failed statement, or Django
     REST framework answering an exception under ``ATOMIC_REQUESTS``. What
-    was written there is lost."""
+    was written there is lost. ``open_now`` is :func:`inside`, if known."""
     return any(
-        connection.in_atomic_block and connection.needs_rollback
-        for connection in connections.all(initialized_only=True)
+        connection.needs_rollback
+        for connection in (inside() if open_now is None else open_now)
         if using is None or connection.alias == using
     )
 
 
-def after_commit(callback: Callable[[], None]) -> bool:
+def after_commit(callback: Callable[[], None], open_now: Sequence[Any] | None = None) -> bool:
     """Call ``callback`` once every transaction the request runs inside has
     committed, and never if one rolls back; False, without calling it, when
-    the request runs inside none (the caller goes on at once)."""
+    the request runs inside none (the caller goes on at once). ``open_now``
+    is :func:`inside`, if known."""
     waiting = {
         connection.alias
-        for connection in connections.all(initialized_only=True)
+        for connection in (inside() if open_now is None else open_now)
         if opened_by_request(connection) and not opened_by_test(connection)
     }
     if not waiting:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +20,11 @@ State = Literal["in_progress", "completed"]
 class StorageError(Exception):
     """The store cannot be reached or did not answer. Raised from the store's
     own exception, so the engine fails closed (503) or open as configured."""
+
+
+def new_token() -> str:
+    """The token of a new claim: 128 random bits, as 32 hex digits."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -38,6 +37,7 @@ from django_idempotency.storage.base import (
     RequestKey,
     StorageError,
     StoreTransaction,
+    new_token,
 )
 from django_idempotency.storage.statements import DIALECTS, Row, Statements
 from django_idempotency.transactions import opened_by_request, opened_by_test
@@ -196,7 +196,7 @@ class DatabaseStorage(BaseStorage):
     # -- the contract ----------------------------------------------------------
 
     def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
-        token = uuid.uuid4().hex
+        token = new_token()
         connection, statements = self._statements()
         try:
             with connection.cursor() as cursor:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, cast
 
@@ -44,7 +43,14 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from django_idempotency.responses import StoredResponse
-from django_idempotency.storage.base import BaseStorage, Claim, Record, RequestKey, StorageError
+from django_idempotency.storage.base import (
+    BaseStorage,
+    Claim,
+    Record,
+    RequestKey,
+    StorageError,
+    new_token,
+)
 
 # The record is a hash: s state ("p" in progress, "c" completed), o owner
 # token, f fingerprint, l lease end (server milliseconds), then, once
@@ -153,7 +159,7 @@ class RedisStorage(BaseStorage):
     # -- the contract ----------------------------------------------------------
 
     def claim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
-        token = _token()
+        token = new_token()
         reply = self._run(CLAIM, key, token, key.fingerprint, _ms(ttl), _ms(lease))
         return _claim(reply, token)
 
@@ -167,7 +173,7 @@ class RedisStorage(BaseStorage):
         return bool(self._run(RELEASE, key, token))
 
     async def aclaim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:
-        token = _token()
+        token = new_token()
         reply = await self._arun(CLAIM, key, token, key.fingerprint, _ms(ttl), _ms(lease))
         return _claim(reply, token)
 
@@ -520,10 +526,6 @@ _NOT_TWINNED = frozenset({"parser_class", "connection_pool"})
 
 def _name(cls: type[Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _token() -> str:
-    return uuid.uuid4().hex
 
 
 def _ms(seconds: float) -> int:
