@@ -213,12 +213,15 @@ def setup_django(vendor: str) -> None:
     django.setup()
 
 
+#: The gunicorn pool: gthread workers x threads (``--workers``, ``--threads``).
+POOL = {"workers": 4, "threads": 8}
+
+
 @contextmanager
 def pool() -> Iterator[servers.Server]:
     server = servers.start(
         BENCH_DB,
-        workers=4,
-        threads=8,
+        **POOL,
         extra_env={"IDEMPOTENCY_BENCH": "1", "IDEMPOTENCY_CONN_MAX_AGE": "600"},
     )
     try:
@@ -874,6 +877,8 @@ def main() -> None:
     parser.add_argument(
         "--views", default=",".join(VIEWS), help=f"views to measure (default: {','.join(VIEWS)})"
     )
+    parser.add_argument("--workers", type=int, default=POOL["workers"], help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=POOL["threads"], help="threads per worker")
     parser.add_argument(
         "--requests",
         type=int,
@@ -906,12 +911,15 @@ def main() -> None:
             f"--parts={args.parts}",
             f"--views={args.views}",
             f"--requests={args.requests}",
+            f"--workers={args.workers}",
+            f"--threads={args.threads}",
             *([f"--plot={args.plot}"] if args.plot else []),
         ]
         for vendor in vendors:
             subprocess.run([sys.executable, __file__, f"--databases={vendor}", *others], check=True)
         return
     vendor = vendors[0]
+    POOL.update(workers=args.workers, threads=args.threads)
     setup_django(vendor)
     prepare_database(vendor)
     clear_stores()
@@ -926,7 +934,8 @@ def main() -> None:
     ]
     print(
         f"\n=== {vendor}: {args.rounds} rounds x {args.duration:g} s per variant, "
-        f"{args.concurrency} client threads, gunicorn 4 workers x 8 threads"
+        f"{args.concurrency} client threads, gunicorn {args.workers} workers x {args.threads} "
+        "threads"
     )
     try:
         with pool() as server:

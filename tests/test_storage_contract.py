@@ -10,6 +10,7 @@ test here without any test being changed or skipped for it.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from django_idempotency.storage import (
     PurgeResult,
     RequestKey,
 )
+from django_idempotency.storage.base import new_token
 
 #: Short durations for the tests of expiry; every time is the store's clock.
 SHORT_TTL = 1.0
@@ -818,3 +820,26 @@ async def test_async_round_trip_of_a_binary_body(
     assert record is not None
     assert record.response is not None
     assert record.response.body == body
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def test_claim_tokens_are_unique_in_a_process_and_across_a_fork() -> None:
+    """Tokens fence claims of one key against each other: a forked worker
+    (gunicorn's, say) draws a prefix of its own instead of its parent's."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, " ".join(new_token() for _ in range(3)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    in_child = os.read(read, 1024).decode().split()
+    os.close(read)
+    in_parent = [new_token() for _ in range(1000)]
+
+    assert len(set(in_parent)) == 1000
+    assert all(len(token) == 32 for token in in_parent + in_child)
+    assert not set(in_child) & set(in_parent)
+    assert {token[:16] for token in in_child}.isdisjoint(token[:16] for token in in_parent)
