@@ -459,6 +459,70 @@ def part_profile(variants: list[str], requests: int) -> None:
                 print(f"    {micros:6.1f} us  {where}")
 
 
+def part_engine(requests: int) -> None:
+    """The package's own Python per request, alone: ``Idempotency.handle``
+    around a view that does no I/O, on a request that has its user already,
+    less the time inside the driver (each statement as Django's cursor hands
+    it to psycopg or PyMySQL, each redis-py ``Script`` call). What remains:
+    options, key, fingerprint, scope, the store's statements and their
+    parameters, capturing the response, leases, signals and logging."""
+    from django.contrib.auth.models import AnonymousUser
+    from django.db import connection
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+    from redis.commands.core import Script
+
+    from django_idempotency.engine import Idempotency
+    from django_idempotency.storage import DatabaseStorage, RedisStorage
+
+    factory = RequestFactory()
+    in_driver = [0.0]
+    script_call = Script.__call__
+
+    def timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            in_driver[0] += time.perf_counter() - started
+
+    def statement(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        return timed(execute, sql, params, many, context)
+
+    def view() -> HttpResponse:
+        return HttpResponse(b'{"id": 1, "status": "created"}', status=201)
+
+    stores = {
+        "database": DatabaseStorage(),
+        "redis": RedisStorage(cache_alias="idempotency", key_prefix="bench"),
+    }
+    Script.__call__ = lambda self, *a, **k: timed(script_call, self, *a, **k)  # type: ignore[method-assign]
+    try:
+        with connection.execute_wrapper(statement):
+            for name, store in stores.items():
+                protection = Idempotency({"storage": store})
+                own = []
+                for n in range(requests + 200):
+                    request = factory.post(
+                        "/bench/engine/",
+                        b'{"item": "engine"}',
+                        content_type="application/json",
+                        headers={"Idempotency-Key": uuid.uuid4().hex},
+                    )
+                    request.user = AnonymousUser()
+                    in_driver[0] = 0.0
+                    started = time.perf_counter()
+                    protection.handle(request, view)
+                    if n >= 200:  # after warming up
+                        own.append(time.perf_counter() - started - in_driver[0])
+                print(
+                    f"  {name} store: {statistics.median(own) * 1e6:.0f} us per request "
+                    f"(p10 {sorted(own)[len(own) // 10] * 1e6:.0f} us)"
+                )
+    finally:
+        Script.__call__ = script_call  # type: ignore[method-assign]
+
+
 def load_one(server: servers.Server, path: str, key: str, index: int) -> int:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     body = json.dumps({"item": f"bench-{index}"}).encode()
@@ -952,6 +1016,8 @@ def main() -> None:
             if "profile" in parts:
                 print("\n-- the package's own Python per request, in-process")
                 part_profile(variants, args.requests)
+                print("\n-- the package's own Python alone, around a view without I/O")
+                part_engine(args.requests)
             if "designs" in parts and vendor == "postgresql":
                 print("\n-- designs measured on their SQL alone (PostgreSQL)")
                 part_designs(vendor, args.requests)
