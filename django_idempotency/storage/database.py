@@ -39,7 +39,7 @@ from django_idempotency.storage.base import (
     StoreTransaction,
     new_token,
 )
-from django_idempotency.storage.statements import DIALECTS, Row, Statements
+from django_idempotency.storage.statements import DIALECTS, Row, Statements, unsupported
 from django_idempotency.transactions import opened_by_request, opened_by_test
 
 #: What the database raises when it fails, or its connection does: Django's
@@ -201,27 +201,11 @@ class DatabaseStorage(BaseStorage):
         try:
             with connection.cursor() as cursor:
                 for _attempt in range(CLAIM_ATTEMPTS):
-                    cursor.execute(
-                        statements.claim,
-                        statements.claim_params(key, token, ttl=ttl, lease=lease),
-                    )
-                    if statements.dialect.claims_in_one:
-                        row = cursor.fetchone()
-                        if row is not None and row[0]:
-                            return Claim(token=token)
-                        found = (
-                            Row(*row[1:])
-                            if row is not None
-                            else self._read(cursor, statements, key)
-                        )
-                    elif cursor.rowcount == 1:
+                    won, found = self._insert(cursor, statements, key, token, ttl=ttl, lease=lease)
+                    if won:
                         return Claim(token=token)
-                    else:
-                        # The digest exists: read it. A live record (the
-                        # common case, a duplicate) is the answer.
-                        found = self._read(cursor, statements, key)
                     if found is not None and not found.stale(key):
-                        return Claim(record=found.record())
+                        return Claim(record=found.record())  # a duplicate: the common case
                     # Gone, expired, or an abandoned claim of this request:
                     # take it over with an UPDATE that checks the same
                     # conditions again, so that a concurrent claim or
@@ -349,18 +333,19 @@ class DatabaseStorage(BaseStorage):
                 )
             ]
         alias = self.alias
-        vendor = connections[alias].vendor
-        if vendor not in DIALECTS:
+        connection = connections[alias]
+        problem = unsupported(connection)
+        if problem is not None:
             return [
                 checks.Error(
-                    f"The idempotency database store supports PostgreSQL, MySQL/MariaDB and "
-                    f"SQLite; the database {alias!r} is {vendor!r}.",
+                    problem,
                     hint="Keep the keys in one of those databases "
                     "(IDEMPOTENCY['STORAGE_OPTIONS']['DATABASE']), or use the Redis store.",
                     id="django_idempotency.E011",
                 )
             ]
-        if settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS") and vendor == "sqlite":
+        atomic_requests = settings.DATABASES.get(alias, {}).get("ATOMIC_REQUESTS")
+        if atomic_requests and connection.vendor == "sqlite":
             return [
                 checks.Warning(
                     f"ATOMIC_REQUESTS is on for the SQLite database {alias!r} that stores "
@@ -410,6 +395,30 @@ class DatabaseStorage(BaseStorage):
                 return bool(cursor.rowcount == 1)
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
+
+    @classmethod
+    def _insert(
+        cls,
+        cursor: Any,
+        statements: Statements,
+        key: RequestKey,
+        token: str,
+        *,
+        ttl: float,
+        lease: float,
+    ) -> tuple[bool, Row | None]:
+        """The claim's INSERT: whether its row went in, and if not, the
+        record it ran into (None if that is gone meanwhile). On PostgreSQL
+        the record comes back from the same statement, unless it was
+        committed after the statement began: then it is read on its own."""
+        cursor.execute(statements.claim, statements.claim_params(key, token, ttl=ttl, lease=lease))
+        if statements.dialect.claims_in_one:
+            row = cursor.fetchone()
+            if row is not None:
+                return (True, None) if row[0] else (False, Row(*row[1:]))
+        elif cursor.rowcount == 1:
+            return True, None
+        return False, cls._read(cursor, statements, key)
 
     @staticmethod
     def _read(cursor: Any, statements: Statements, key: RequestKey) -> Row | None:

@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django_idempotency.models import IdempotencyKey, State
 from django_idempotency.responses import StoredResponse
 from django_idempotency.storage.base import Record, RequestKey
+from django_idempotency.storage.base import State as RecordState
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Row(NamedTuple):
         response = None
         if self.state == State.COMPLETED:
             headers = self.headers
-            if isinstance(headers, str | bytes):  # JSON as text (every backend but some drivers)
+            if isinstance(headers, str | bytes):  # how Django's drivers hand JSON over
                 headers = json.loads(headers)
             assert self.status is not None
             response = StoredResponse(
@@ -98,7 +99,8 @@ class Row(NamedTuple):
                 body=bytes(self.body or b""),
                 replayable=bool(self.replayable),
             )
-        return Record(state=self.state, fingerprint=self.fingerprint, response=response)  # type: ignore[arg-type]
+        state: RecordState = "completed" if response is not None else "in_progress"
+        return Record(state=state, fingerprint=self.fingerprint, response=response)
 
     def stale(self, key: RequestKey) -> bool:
         """Whether a claim may take the record over: it expired, or it is an
@@ -137,18 +139,25 @@ _RECORD_COLUMNS = (
 )
 
 
+def unsupported(connection: Any) -> str | None:
+    """Why the store has no statements for ``connection``'s backend, if it has none."""
+    if connection.vendor in DIALECTS:
+        return None
+    return (
+        f"The idempotency database store supports PostgreSQL, MySQL/MariaDB and "
+        f"SQLite; the database {connection.alias!r} is {connection.vendor!r}."
+    )
+
+
 class Statements:
     """The SQL of every operation of the database store, for one connection's
     backend; each method returns the parameters its statement takes."""
 
     def __init__(self, connection: Any) -> None:
-        dialect = DIALECTS.get(connection.vendor)
-        if dialect is None:
-            raise ImproperlyConfigured(
-                f"The idempotency database store supports PostgreSQL, MySQL/MariaDB and "
-                f"SQLite; the database {connection.alias!r} is {connection.vendor!r}."
-            )
-        self.dialect = dialect
+        problem = unsupported(connection)
+        if problem is not None:
+            raise ImproperlyConfigured(problem)
+        self.dialect = dialect = DIALECTS[connection.vendor]
         self.json = connection.ops.adapt_json_value
         meta = IdempotencyKey._meta
         columns = {field.name: field.column for field in meta.concrete_fields}
