@@ -55,14 +55,14 @@ def rolled_back(open_now: Sequence[Any] | None = None, *, using: str | None = No
     )
 
 
-def after_commit(callback: Callable[[], None], open_now: Sequence[Any] | None = None) -> bool:
-    """Call ``callback`` once every transaction the request runs inside has
-    committed, and never if one rolls back; False, without calling it, when
-    the request runs inside none (the caller goes on at once). ``open_now``
-    is :func:`inside`, if known."""
+def after_commit(callback: Callable[[], None], open_now: Sequence[Any]) -> bool:
+    """Call ``callback`` once every transaction the request runs inside
+    (``open_now``, from :func:`inside`) has committed, and never if one rolls
+    back; False, without calling it, when the request runs inside none (the
+    caller goes on at once)."""
     waiting = {
         connection.alias
-        for connection in (inside() if open_now is None else open_now)
+        for connection in open_now
         if opened_by_request(connection) and not opened_by_test(connection)
     }
     if not waiting:
