@@ -58,8 +58,7 @@ def test_claim_of_a_fresh_key_is_one_query() -> None:
 
     assert claim.claimed
     assert len(queries) == 1, [q["sql"] for q in queries]
-    # PostgreSQL's claim is an INSERT inside a WITH, that also reads a record.
-    assert queries[0]["sql"].lstrip().upper().startswith(("INSERT", "WITH"))
+    assert queries[0]["sql"].lstrip().upper().startswith("INSERT")
 
 
 @pytest.mark.django_db
@@ -88,12 +87,9 @@ def test_release_is_one_query() -> None:
     assert queries[0]["sql"].lstrip().upper().startswith("DELETE")
 
 
-#: Whether the claim's INSERT reads the record it ran into in the same statement.
-CLAIMS_IN_ONE = connection.vendor == "postgresql"
-
-
 @pytest.mark.django_db
-def test_a_replay_is_one_query_on_postgresql_and_two_elsewhere() -> None:
+def test_a_replay_is_two_queries_and_writes_nothing() -> None:
+    """The insert that does nothing, then the read of the record it ran into."""
     storage = DatabaseStorage()
     key = new_key()
     token = claim_token(storage, key)
@@ -104,19 +100,16 @@ def test_a_replay_is_one_query_on_postgresql_and_two_elsewhere() -> None:
 
     assert record is not None
     assert record.response == RESPONSE
-    sql = [q["sql"] for q in queries]
-    if CLAIMS_IN_ONE:
-        assert len(sql) == 1, sql
-    else:  # the insert that loses, the read of the live record
-        assert len(sql) == 2, sql
-        assert sql[1].lstrip().upper().startswith("SELECT")
+    sql = [q["sql"].lstrip().upper() for q in queries]
+    assert len(sql) == 2, sql
+    assert sql[0].startswith("INSERT")
+    assert sql[1].startswith("SELECT")
 
 
 @pytest.mark.django_db
-def test_a_takeover_is_three_queries_or_two_on_postgresql() -> None:
+def test_a_takeover_is_three_queries() -> None:
     """An abandoned claim of the same request: the insert that loses, the
-    read that finds the lease lapsed (the same statement on PostgreSQL), and
-    the conditional update."""
+    read that finds the lease lapsed, and the conditional update."""
     storage = DatabaseStorage()
     key = new_key()
     claim_token(storage, key, lease=0.05)
@@ -126,7 +119,7 @@ def test_a_takeover_is_three_queries_or_two_on_postgresql() -> None:
         claim = storage.claim(key, ttl=TTL, lease=LEASE)
 
     assert claim.claimed
-    assert len(queries) == (2 if CLAIMS_IN_ONE else 3), [q["sql"] for q in queries]
+    assert len(queries) == 3, [q["sql"] for q in queries]
     assert queries[-1]["sql"].lstrip().upper().startswith("UPDATE")
 
 
@@ -449,8 +442,7 @@ def test_a_connection_that_died_fails_once_and_the_next_statement_reconnects(
 def test_a_claim_that_waited_for_a_concurrent_one_gets_its_record(db_vendor: str) -> None:
     """A claim whose INSERT waits for a concurrent claim of the same key
     (not yet committed), then loses to it, answers with the record that
-    won: on PostgreSQL, the read inside the claim's statement cannot see a
-    row committed after the statement began, so the record is read again."""
+    won, read after the winner committed."""
     if db_vendor == "sqlite":
         pytest.skip("SQLite has one writer: a second one fails at once instead of waiting")
     storage = DatabaseStorage()

@@ -201,9 +201,13 @@ class DatabaseStorage(BaseStorage):
         try:
             with connection.cursor() as cursor:
                 for _attempt in range(CLAIM_ATTEMPTS):
-                    won, found = self._insert(cursor, statements, key, token, ttl=ttl, lease=lease)
-                    if won:
+                    cursor.execute(
+                        statements.claim,
+                        statements.claim_params(key, token, ttl=ttl, lease=lease),
+                    )
+                    if cursor.rowcount == 1:
                         return Claim(token=token)
+                    found = self._read(cursor, statements, key)  # what it ran into
                     if found is not None and not found.stale(key):
                         return Claim(record=found.record())  # a duplicate: the common case
                     # Gone, expired, or an abandoned claim of this request:
@@ -395,30 +399,6 @@ class DatabaseStorage(BaseStorage):
                 return bool(cursor.rowcount == 1)
         except DB_ERRORS as exc:
             raise self._error(exc) from exc
-
-    @classmethod
-    def _insert(
-        cls,
-        cursor: Any,
-        statements: Statements,
-        key: RequestKey,
-        token: str,
-        *,
-        ttl: float,
-        lease: float,
-    ) -> tuple[bool, Row | None]:
-        """The claim's INSERT: whether its row went in, and if not, the
-        record it ran into (None if that is gone meanwhile). On PostgreSQL
-        the record comes back from the same statement, unless it was
-        committed after the statement began: then it is read on its own."""
-        cursor.execute(statements.claim, statements.claim_params(key, token, ttl=ttl, lease=lease))
-        if statements.dialect.claims_in_one:
-            row = cursor.fetchone()
-            if row is not None:
-                return (True, None) if row[0] else (False, Row(*row[1:]))
-        elif cursor.rowcount == 1:
-            return True, None
-        return False, cls._read(cursor, statements, key)
 
     @staticmethod
     def _read(cursor: Any, statements: Statements, key: RequestKey) -> Row | None:
