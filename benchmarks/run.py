@@ -19,6 +19,10 @@ machine's drift hits all of them alike, and each is reported as a ratio to the
 plain view of the same round. CPU per request is the whole machine's (server,
 database, Redis) minus this process's own.
 
+Two more forms make the store's round trips with the package's own SQL and
+Lua and none of its Python: the floor of any protection that claims before
+the view and completes after it.
+
 Then: unloaded first requests and replays, the package's own Python per
 request, designs measured on their SQL alone, round trips per request counted in
 the database's statements and in Redis' command statistics, bytes per stored
@@ -58,14 +62,29 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: a 40-byte answer), where protection's cost shows most, and a typical one.
 VIEWS = ("minimal", "typical")
 #: Each view's forms, plain and protected; each protected form's plain twin.
-FORMS = ("plain", "database", "atomic", "redis", "drf-plain", "drf-database", "drf-redis")
+FORMS = (
+    "plain",
+    "database",
+    "atomic",
+    "redis",
+    "drf-plain",
+    "drf-database",
+    "drf-redis",
+    "floor-database",
+    "floor-redis",
+)
 TWIN = {
     "database": "plain",
     "atomic": "plain",
     "redis": "plain",
     "drf-database": "drf-plain",
     "drf-redis": "drf-plain",
+    "floor-database": "plain",
+    "floor-redis": "plain",
 }
+#: The forms that make the store's round trips with none of the package's
+#: Python (``demo.bench``): the floor of any protection built this way.
+FLOORS = ("floor-database", "floor-redis")
 #: Every variant, "<view>/<form>", and its URL.
 VARIANTS = {f"{view}/{form}": f"/bench/{view}/{form}/" for view in VIEWS for form in FORMS}
 
@@ -309,7 +328,11 @@ def part_latency(server: servers.Server, variants: list[str], requests: int) -> 
     rounds = 5
     per_round = max(1, requests // rounds)
     first = {name: Sample() for name in variants}
-    replays = {name: Sample() for name in variants if baseline(name)}
+    replays = {
+        name: Sample()
+        for name in variants
+        if baseline(name) and name.split("/")[1] not in FLOORS  # floors never replay
+    }
     keys = {name: [f"latency-{uuid.uuid4().hex}" for _ in range(per_round)] for name in replays}
     for name in replays:  # complete the keys to replay
         for index, key in enumerate(keys[name]):
@@ -337,9 +360,11 @@ def part_latency(server: servers.Server, variants: list[str], requests: int) -> 
         twin = baseline(name)
         if twin is not None:
             plain = first[twin].percentile(50)
+            row += f"{sample.percentile(50) / plain:>9.2f}"
+        if name in replays:
             replay = replays[name]
             row += (
-                f"{sample.percentile(50) / plain:>9.2f}{replay.percentile(50):>12.2f}"
+                f"{replay.percentile(50):>12.2f}"
                 f"{replay.percentile(99):>8.2f}{replay.percentile(50) / plain:>15.2f}"
             )
         print(row)
@@ -533,59 +558,119 @@ def load_one(server: servers.Server, path: str, key: str, index: int) -> int:
     return status
 
 
-def part_designs(vendor: str, requests: int) -> None:
-    """PostgreSQL: designs measured, not built, at the level of their SQL
-    (one connection, no server, no Django): a protected minimal view's
-    statements as the store sends them (claim, the view's INSERT and the
-    completion, each committed on its own); the same with server-side
-    prepared statements (psycopg's ``prepare=True``); and with one commit
-    for all three, where duplicates would wait on the unique index for the
-    first request's commit instead of being answered at once."""
+#: The processes of :func:`part_designs`: enough to keep both cores busy
+#: while some wait for their commits.
+DESIGN_PROCESSES = 8
+
+
+def part_designs(vendor: str, seconds: float) -> None:
+    """PostgreSQL: designs measured, not built, on their SQL alone (no HTTP
+    server, no Django): a protected minimal view's statements as the store
+    sends them (claim, the view's INSERT and the completion, each committed
+    on its own), and the same with one change each: the claim as one
+    statement that also reads the record it ran into (``WITH ... INSERT ...
+    RETURNING`` and a ``UNION``); server-side prepared statements (psycopg's
+    ``prepare=True``); one commit for all three, where duplicates would wait
+    on the unique index for the first request's commit instead of being
+    answered at once. Under load: 8 processes, each on its own connection,
+    in interleaved rounds; the machine's CPU per request, as in
+    ``throughput``."""
     if vendor != "postgresql":
         return
+    import multiprocessing
+
+    from django.db import connection
+
+    from django_idempotency.storage.statements import Statements
+
+    statements = Statements(connection)
+    # The one-statement claim: the row this claim wrote, else the record it
+    # ran into (a record committed after the statement began is invisible
+    # to its read, so the store would then read it once more).
+    nulls = ", ".join(["NULL"] * statements.read.split(" FROM ")[0].count(","))
+    in_one = (
+        f"WITH claimed AS ({statements.claim} RETURNING 1) SELECT TRUE, {nulls}, NULL "
+        f"FROM claimed UNION ALL {statements.read.replace('SELECT ', 'SELECT FALSE, ', 1)} "
+        "AND NOT EXISTS (SELECT 1 FROM claimed)"
+    )
+    designs = {
+        "plain view (one INSERT)": {},
+        "as built: claim, INSERT, completion": {"protected": True},
+        "claim in one statement (WITH, UNION)": {"protected": True, "claim_sql": in_one},
+        "prepared statements (prepare=True)": {"protected": True, "prepare": True},
+        "one commit for all three": {"protected": True, "one_commit": True},
+    }
+    context = multiprocessing.get_context("fork")
+    totals = {name: Sample() for name in designs}
+    for _round in range(3):
+        for name in random.sample(list(designs), len(designs)):
+            done = context.Queue()
+            workers = [
+                context.Process(target=_design_worker, args=(seconds, done), kwargs=designs[name])
+                for _ in range(DESIGN_PROCESSES)
+            ]
+            cpu_before, started = machine_cpu_seconds(), time.perf_counter()
+            for worker in workers:
+                worker.start()
+            count = sum(done.get() for _ in workers)
+            for worker in workers:
+                worker.join()
+            totals[name].add(
+                Sample(
+                    requests=count,
+                    seconds=time.perf_counter() - started,
+                    cpu=machine_cpu_seconds() - cpu_before,
+                )
+            )
+    base = totals["as built: claim, INSERT, completion"]
+    print(f"  {'design':<40}{'req/s':>8}{'CPU ms/req':>12}{'x as built':>12}")
+    for name, sample in totals.items():
+        ratio = sample.throughput / base.throughput
+        print(f"  {name:<40}{sample.throughput:>8.0f}{sample.cpu_ms:>12.3f}{ratio:>12.2f}")
+
+
+def _design_worker(
+    seconds: float,
+    done: Any,
+    *,
+    protected: bool = False,
+    claim_sql: str | None = None,
+    prepare: bool | None = None,
+    one_commit: bool = False,
+) -> None:
+    """One process of :func:`part_designs`: a design's statements in a loop."""
     import psycopg
     from django.db import connection
 
     from django_idempotency.responses import StoredResponse
-    from django_idempotency.storage.base import RequestKey
+    from django_idempotency.storage.base import RequestKey, new_token
     from django_idempotency.storage.statements import Statements
 
     statements = Statements(connection)
+    claim = claim_sql or statements.claim
     response = StoredResponse(status=201, body=b'{"id": 1, "status": "created"}')
     order = "INSERT INTO demo_order (item, quantity, created_at) VALUES (%s, 1, now())"
-    dsn = f"host=127.0.0.1 user=postgres dbname={BENCH_DB}"
-
-    def protected(conn: Any, *, prepare: bool | None, one_commit: bool) -> None:
-        key = RequestKey(scope="bench|designs/", key=uuid.uuid4().hex, fingerprint="f" * 64)
-        token = uuid.uuid4().hex
-        params = statements.claim_params(key, token, ttl=86400, lease=30)
-        with conn.transaction() if one_commit else contextlib.nullcontext():
-            conn.execute(statements.claim, params, prepare=prepare).fetchone()
-            conn.execute(order, ("designs",), prepare=prepare)
-            complete = statements.complete_params(key, token, response)
-            conn.execute(statements.complete, complete, prepare=prepare)
-
-    def plain(conn: Any, *, prepare: bool | None, one_commit: bool) -> None:
-        conn.execute(order, ("designs",), prepare=prepare)
-
-    designs: dict[str, tuple[Callable[..., None], bool | None, bool]] = {
-        "plain view (one INSERT)": (plain, None, False),
-        "protected, as built (3 commits)": (protected, None, False),
-        "protected, prepared statements": (protected, True, False),
-        "protected, one commit for all": (protected, None, True),
-    }
-    timings: dict[str, list[float]] = {name: [] for name in designs}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _round in range(5):
-            for name, (run, prepare, one_commit) in designs.items():
-                for _ in range(max(1, requests // 5)):
-                    started = time.perf_counter()
-                    run(conn, prepare=prepare, one_commit=one_commit)
-                    timings[name].append(time.perf_counter() - started)
-    base = statistics.median(timings["protected, as built (3 commits)"])
-    for name, values in timings.items():
-        median = statistics.median(values)
-        print(f"  {name:<34} {median * 1e3:6.3f} ms  x{median / base:.2f} of as built")
+    count = 0
+    with psycopg.connect(
+        f"host=127.0.0.1 user=postgres dbname={BENCH_DB}", autocommit=True
+    ) as conn:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            if protected:
+                key = RequestKey(scope="", key=uuid.uuid4().hex, fingerprint="f" * 64)
+                token = new_token()
+                params = statements.claim_params(key, token, ttl=86400, lease=30)
+                if claim_sql:
+                    params = (*params, key.digest)
+                with conn.transaction() if one_commit else contextlib.nullcontext():
+                    conn.execute(claim, params, prepare=prepare)
+                    conn.execute(order, ("designs",), prepare=prepare)
+                    complete = statements.complete_params(key, token, response)
+                    conn.execute(statements.complete, complete, prepare=prepare)
+            else:
+                conn.execute(order, ("designs",), prepare=prepare)
+            count += 1
+    done.put(count)
 
 
 def part_round_trips(vendor: str) -> None:
@@ -883,6 +968,8 @@ LABELS = {
     "redis": "@idempotent, Redis store",
     "drf-database": "DRF mixin, database store",
     "drf-redis": "DRF mixin, Redis store",
+    "floor-database": "the database store's round trips alone",
+    "floor-redis": "the Redis store's round trips alone",
 }
 
 
@@ -950,6 +1037,15 @@ def main() -> None:
         help="unloaded requests per variant (latency, profile)",
     )
     parser.add_argument(
+        "--forms", default=",".join(FORMS), help=f"forms to measure (default: {','.join(FORMS)})"
+    )
+    parser.add_argument(
+        "--prepared",
+        action="store_true",
+        help="PostgreSQL: server-side binding and prepared statements "
+        "(OPTIONS server_side_binding and prepare_threshold)",
+    )
+    parser.add_argument(
         "--plot", metavar="DIR", type=Path, help="write DIR/<database>.svg, a chart of the ratios"
     )
     parser.add_argument(
@@ -964,6 +1060,10 @@ def main() -> None:
     views = [v.strip() for v in args.views.split(",") if v.strip()]
     if set(views) - set(VIEWS):
         parser.error(f"unknown views: {', '.join(sorted(set(views) - set(VIEWS)))}")
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    if set(forms) - set(FORMS):
+        parser.error(f"unknown forms: {', '.join(sorted(set(forms) - set(FORMS)))}")
+    forms += sorted({TWIN[form] for form in forms if form in TWIN} - set(forms))
     vendors = [v.strip() for v in args.databases.split(",") if v.strip()]
     if len(vendors) > 1:
         # One Django setup per process: each database in a run of its own.
@@ -974,6 +1074,8 @@ def main() -> None:
             f"--purge-rows={args.purge_rows}",
             f"--parts={args.parts}",
             f"--views={args.views}",
+            f"--forms={args.forms}",
+            *(["--prepared"] if args.prepared else []),
             f"--requests={args.requests}",
             f"--workers={args.workers}",
             f"--threads={args.threads}",
@@ -984,6 +1086,8 @@ def main() -> None:
         return
     vendor = vendors[0]
     POOL.update(workers=args.workers, threads=args.threads)
+    if args.prepared:
+        os.environ["IDEMPOTENCY_PG_PREPARED"] = "1"  # read by the test project's settings
     setup_django(vendor)
     prepare_database(vendor)
     clear_stores()
@@ -993,13 +1097,14 @@ def main() -> None:
         name
         for name in VARIANTS
         if name.split("/")[0] in views
+        and name.split("/")[1] in forms
         and ("redis" not in name or settings.HAS_REDIS)
         and ("drf" not in name or settings.HAS_DRF)
     ]
     print(
         f"\n=== {vendor}: {args.rounds} rounds x {args.duration:g} s per variant, "
         f"{args.concurrency} client threads, gunicorn {args.workers} workers x {args.threads} "
-        "threads"
+        "threads" + (", prepared statements" if args.prepared else "")
     )
     try:
         with pool() as server:
@@ -1020,7 +1125,7 @@ def main() -> None:
                 part_engine(args.requests)
             if "designs" in parts and vendor == "postgresql":
                 print("\n-- designs measured on their SQL alone (PostgreSQL)")
-                part_designs(vendor, args.requests)
+                part_designs(vendor, args.duration)
             if "round-trips" in parts:
                 print("\n-- round trips per request")
                 part_round_trips(vendor)

@@ -13,6 +13,13 @@ Each view is mounted at ``/bench/<view>/<form>/``: ``plain``, ``database``
 (``@idempotent``), ``atomic`` (the database store in atomic mode), ``redis``
 (the Redis store), and as a DRF ``APIView``: ``drf-plain``, ``drf-database``,
 ``drf-redis`` (``IdempotencyMixin``).
+
+Two more forms measure the floor of any protection built this way:
+``floor-database`` and ``floor-redis`` make the store's two round trips (its
+claim's statement or script before the view, its completion's after), with
+the package's own SQL and Lua and precomputed parameters, and none of the
+package's Python around them. What a protected form costs beyond its floor
+is the package's Python.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.views.decorators.csrf import csrf_exempt
@@ -67,9 +75,60 @@ def _function_view(document: Callable[[Order], dict[str, Any]]) -> Callable[...,
     return create
 
 
+def _floor_database(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``view`` between the database store's claim and completion, as bare
+    statements on Django's cursor."""
+    from django_idempotency.responses import StoredResponse
+    from django_idempotency.storage.base import RequestKey, new_token
+    from django_idempotency.storage.statements import Statements
+
+    built: list[Statements] = []
+
+    def floor(request: HttpRequest) -> HttpResponse:
+        if not built:
+            built.append(Statements(connection))
+        statements = built[0]
+        key = RequestKey(scope="", key=request.headers["Idempotency-Key"], fingerprint="f" * 64)
+        token = new_token()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                statements.claim, statements.claim_params(key, token, ttl=86400, lease=10)
+            )
+        response = view(request)
+        stored = StoredResponse(response.status_code, (), response.content, True)
+        with connection.cursor() as cursor:
+            cursor.execute(statements.complete, statements.complete_params(key, token, stored))
+        return response
+
+    return floor
+
+
+def _floor_redis(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """``view`` between the Redis store's claim and completion scripts."""
+    from django_idempotency.storage.base import new_token
+    from django_idempotency.storage.redis import CLAIM, COMPLETE
+
+    storage = _redis_storage()
+
+    def floor(request: HttpRequest) -> HttpResponse:
+        client = storage.client()
+        redis_key = f"bench:floor:{request.headers['Idempotency-Key']}"
+        token = new_token()
+        storage._script(CLAIM, client)([redis_key], (token, "f" * 64, 86_400_000, 10_000), client)
+        response = view(request)
+        args = (token, response.status_code, "[]", response.content, "1")
+        storage._script(COMPLETE, client)([redis_key], args, client)
+        return response
+
+    return floor
+
+
 urlpatterns: list[URLPattern] = []
 for name, document in DOCUMENTS.items():
     view = _function_view(document)
+    urlpatterns.append(path(f"bench/{name}/floor-database/", csrf_exempt(_floor_database(view))))
+    if settings.HAS_REDIS:
+        urlpatterns.append(path(f"bench/{name}/floor-redis/", csrf_exempt(_floor_redis(view))))
     urlpatterns += [
         path(f"bench/{name}/plain/", csrf_exempt(view)),
         path(f"bench/{name}/database/", csrf_exempt(idempotent(view))),

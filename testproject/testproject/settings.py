@@ -161,6 +161,11 @@ if os.environ.get("IDEMPOTENCY_TEST_DB_NAME"):
     _default_db.setdefault("TEST", {})["NAME"] = os.environ["IDEMPOTENCY_TEST_DB_NAME"]
 if os.environ.get("IDEMPOTENCY_DB_NAME_OVERRIDE"):
     _default_db["NAME"] = os.environ["IDEMPOTENCY_DB_NAME_OVERRIDE"]
+if TEST_DATABASE == "postgresql" and _env_flag("IDEMPOTENCY_PG_PREPARED"):
+    # Server-side binding and prepared statements (psycopg prepares a
+    # statement on its fifth run on a connection): what projects without a
+    # transaction-mode connection pooler may turn on.
+    _default_db["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 5}
 if os.environ.get("IDEMPOTENCY_CONN_MAX_AGE"):
     # Persistent connections, as in production (the benchmarks set it).
     _default_db["CONN_MAX_AGE"] = int(os.environ["IDEMPOTENCY_CONN_MAX_AGE"])
