@@ -72,6 +72,7 @@ FORMS = (
     "drf-redis",
     "floor-database",
     "floor-redis",
+    "floor-one-commit",
 )
 TWIN = {
     "database": "plain",
@@ -81,10 +82,11 @@ TWIN = {
     "drf-redis": "drf-plain",
     "floor-database": "plain",
     "floor-redis": "plain",
+    "floor-one-commit": "plain",
 }
 #: The forms that make the store's round trips with none of the package's
 #: Python (``demo.bench``): the floor of any protection built this way.
-FLOORS = ("floor-database", "floor-redis")
+FLOORS = ("floor-database", "floor-redis", "floor-one-commit")
 #: Every variant, "<view>/<form>", and its URL.
 VARIANTS = {f"{view}/{form}": f"/bench/{view}/{form}/" for view in VIEWS for form in FORMS}
 
@@ -294,13 +296,13 @@ def part_throughput(
         line = ", ".join(f"{n} {this_round[n].throughput:.0f}/s" for n in variants)
         print(f"  round {number + 1}: {line}")
     print()
-    header = f"  {'variant':<22}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}"
+    header = f"  {'variant':<26}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}"
     print(header + f"{'x plain req/s':>15}{'x p99':>8}{'x CPU':>8}{'errors':>8}")
     measured: dict[str, tuple[float, float, float]] = {}
     for name in variants:
         sample = totals[name]
         row = (
-            f"  {name:<22}{sample.throughput:>8.0f}{sample.percentile(50):>9.1f}"
+            f"  {name:<26}{sample.throughput:>8.0f}{sample.percentile(50):>9.1f}"
             f"{sample.percentile(99):>9.1f}{sample.cpu_ms:>12.2f}"
         )
         twin = baseline(name)
@@ -351,12 +353,12 @@ def part_latency(server: servers.Server, variants: list[str], requests: int) -> 
         Order.objects.count() - writes_before - sum(first[name].requests for name in variants)
     )
     print(
-        f"  {'variant':<22}{'first p50':>10}{'p99':>8}{'x plain':>9}"
+        f"  {'variant':<26}{'first p50':>10}{'p99':>8}{'x plain':>9}"
         f"{'replay p50':>12}{'p99':>8}{'x plain first':>15}"
     )
     for name in variants:
         sample = first[name]
-        row = f"  {name:<22}{sample.percentile(50):>10.2f}{sample.percentile(99):>8.2f}"
+        row = f"  {name:<26}{sample.percentile(50):>10.2f}{sample.percentile(99):>8.2f}"
         twin = baseline(name)
         if twin is not None:
             plain = first[twin].percentile(50)
@@ -450,7 +452,7 @@ def part_profile(variants: list[str], requests: int) -> None:
         for name in variants:  # warm up
             for _ in range(20):
                 post(VARIANTS[name])
-        print(f"  {'variant':<22}{'request us':>11}{'plain us':>10}{'store us':>10}{'own us':>8}")
+        print(f"  {'variant':<26}{'request us':>11}{'plain us':>10}{'store us':>10}{'own us':>8}")
         for name in protected:
             twin = baseline(name)
             assert twin is not None
@@ -463,7 +465,7 @@ def part_profile(variants: list[str], requests: int) -> None:
             median = statistics.median
             own = median([t - s for t, s in zip(total, store, strict=True)]) - median(plain)
             print(
-                f"  {name:<22}{median(total) * 1e6:>11.0f}{median(plain) * 1e6:>10.0f}"
+                f"  {name:<26}{median(total) * 1e6:>11.0f}{median(plain) * 1e6:>10.0f}"
                 f"{median(store) * 1e6:>10.0f}{own * 1e6:>8.0f}"
             )
         for name in protected[:1]:
@@ -572,9 +574,11 @@ def part_designs(vendor: str, seconds: float) -> None:
     RETURNING`` and a ``UNION``); server-side prepared statements (psycopg's
     ``prepare=True``); one commit for all three, where duplicates would wait
     on the unique index for the first request's commit instead of being
-    answered at once. Under load: 8 processes, each on its own connection,
-    in interleaved rounds; the machine's CPU per request, as in
-    ``throughput``."""
+    answered at once, and the same with that wait bounded (``SET LOCAL
+    lock_timeout`` before the claim, and back to the default after it, so
+    that the view's own statements wait as they would without it). Under
+    load: 8 processes, each on its own connection, in interleaved rounds;
+    the machine's CPU per request, as in ``throughput``."""
     if vendor != "postgresql":
         return
     import multiprocessing
@@ -599,6 +603,11 @@ def part_designs(vendor: str, seconds: float) -> None:
         "claim in one statement (WITH, UNION)": {"protected": True, "claim_sql": in_one},
         "prepared statements (prepare=True)": {"protected": True, "prepare": True},
         "one commit for all three": {"protected": True, "one_commit": True},
+        "one commit, the claim's wait bounded": {
+            "protected": True,
+            "one_commit": True,
+            "bounded": True,
+        },
     }
     context = multiprocessing.get_context("fork")
     totals = {name: Sample() for name in designs}
@@ -623,10 +632,10 @@ def part_designs(vendor: str, seconds: float) -> None:
                 )
             )
     base = totals["as built: claim, INSERT, completion"]
-    print(f"  {'design':<40}{'req/s':>8}{'CPU ms/req':>12}{'x as built':>12}")
+    print(f"  {'design':<42}{'req/s':>8}{'CPU ms/req':>12}{'x as built':>12}")
     for name, sample in totals.items():
         ratio = sample.throughput / base.throughput
-        print(f"  {name:<40}{sample.throughput:>8.0f}{sample.cpu_ms:>12.3f}{ratio:>12.2f}")
+        print(f"  {name:<42}{sample.throughput:>8.0f}{sample.cpu_ms:>12.3f}{ratio:>12.2f}")
 
 
 def _design_worker(
@@ -637,6 +646,7 @@ def _design_worker(
     claim_sql: str | None = None,
     prepare: bool | None = None,
     one_commit: bool = False,
+    bounded: bool = False,
 ) -> None:
     """One process of :func:`part_designs`: a design's statements in a loop."""
     import psycopg
@@ -663,7 +673,11 @@ def _design_worker(
                 if claim_sql:
                     params = (*params, key.digest)
                 with conn.transaction() if one_commit else contextlib.nullcontext():
+                    if bounded:
+                        conn.execute("SET LOCAL lock_timeout = '1s'")
                     conn.execute(claim, params, prepare=prepare)
+                    if bounded:
+                        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
                     conn.execute(order, ("designs",), prepare=prepare)
                     complete = statements.complete_params(key, token, response)
                     conn.execute(statements.complete, complete, prepare=prepare)
@@ -970,6 +984,7 @@ LABELS = {
     "drf-redis": "DRF mixin, Redis store",
     "floor-database": "the database store's round trips alone",
     "floor-redis": "the Redis store's round trips alone",
+    "floor-one-commit": "the database store's statements alone, one commit",
 }
 
 

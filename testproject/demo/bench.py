@@ -14,12 +14,13 @@ Each view is mounted at ``/bench/<view>/<form>/``: ``plain``, ``database``
 (the Redis store), and as a DRF ``APIView``: ``drf-plain``, ``drf-database``,
 ``drf-redis`` (``IdempotencyMixin``).
 
-Two more forms measure the floor of any protection built this way:
-``floor-database`` and ``floor-redis`` make the store's two round trips (its
-claim's statement or script before the view, its completion's after), with
-the package's own SQL and Lua and precomputed parameters, and none of the
-package's Python around them. What a protected form costs beyond its floor
-is the package's Python.
+Three more forms measure the floor of a design: ``floor-database`` and
+``floor-redis`` make the store's two round trips (its claim's statement or
+script before the view, its completion's after), with the package's own SQL
+and Lua and precomputed parameters, and none of the package's Python around
+them. What a protected form costs beyond its floor is the package's Python.
+``floor-one-commit`` is the database floor with the claim, the view's
+writes and the completion committed once: a design measured, not built.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.views.decorators.csrf import csrf_exempt
@@ -75,9 +76,14 @@ def _function_view(document: Callable[[Order], dict[str, Any]]) -> Callable[...,
     return create
 
 
-def _floor_database(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def _floor_database(
+    view: Callable[..., HttpResponse], *, one_commit: bool = False
+) -> Callable[..., HttpResponse]:
     """``view`` between the database store's claim and completion, as bare
-    statements on Django's cursor."""
+    statements on Django's cursor; with ``one_commit``, the claim, the
+    view's writes and the completion in one transaction (a design not built:
+    duplicates would wait on the unique index for the first request's
+    commit)."""
     from django_idempotency.responses import StoredResponse
     from django_idempotency.storage.base import RequestKey, new_token
     from django_idempotency.storage.statements import Statements
@@ -85,6 +91,12 @@ def _floor_database(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
     built: list[Statements] = []
 
     def floor(request: HttpRequest) -> HttpResponse:
+        if one_commit:
+            with transaction.atomic():
+                return protected(request)
+        return protected(request)
+
+    def protected(request: HttpRequest) -> HttpResponse:
         if not built:
             built.append(Statements(connection))
         statements = built[0]
@@ -127,6 +139,8 @@ urlpatterns: list[URLPattern] = []
 for name, document in DOCUMENTS.items():
     view = _function_view(document)
     urlpatterns.append(path(f"bench/{name}/floor-database/", csrf_exempt(_floor_database(view))))
+    one_commit = _floor_database(view, one_commit=True)
+    urlpatterns.append(path(f"bench/{name}/floor-one-commit/", csrf_exempt(one_commit)))
     if settings.HAS_REDIS:
         urlpatterns.append(path(f"bench/{name}/floor-redis/", csrf_exempt(_floor_redis(view))))
     urlpatterns += [
