@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
+from django.utils import timezone
 
 import django_idempotency
 from django_idempotency.models import IdempotencyKey
@@ -63,9 +65,58 @@ def test_the_migrated_table_has_the_models_columns_and_the_unique_digest() -> No
         constraints = connection.introspection.get_constraints(cursor, table)
 
     assert columns == {field.column for field in IdempotencyKey._meta.concrete_fields}
-    assert any(info["unique"] and info["columns"] == ["digest"] for info in constraints.values()), (
-        constraints
-    )
+    on_digest = [info for info in constraints.values() if info["columns"] == ["digest"]]
+    # One index on digest, the unique one: each claim writes no second one.
+    assert len(on_digest) == 1, constraints
+    assert on_digest[0]["unique"], constraints
     assert any(
         info["index"] and info["columns"] == ["expires_at"] for info in constraints.values()
     ), constraints
+
+
+APP = "django_idempotency"
+
+
+def _digest_indexes() -> list[dict[str, object]]:
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(
+            cursor, IdempotencyKey._meta.db_table
+        )
+    return [info for info in constraints.values() if info["columns"] == ["digest"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_to_one_digest_index_keeps_the_keys_and_their_uniqueness() -> None:
+    """0002 swaps the digest's indexes for one unique index: the keys stored
+    before it stay, and a second record of the same digest is still refused."""
+    latest = MigrationLoader(connection).graph.leaf_nodes(APP)
+    executor = MigrationExecutor(connection)
+    executor.migrate([(APP, "0001_initial")])
+    try:
+        old_model = executor.loader.project_state([(APP, "0001_initial")]).apps.get_model(
+            APP, "IdempotencyKey"
+        )
+        now = timezone.now()
+        fields = {
+            "scope": "s",
+            "key": "k",
+            "fingerprint": "f" * 64,
+            "state": "completed",
+            "owner": "o",
+            "response_status": 201,
+            "response_body": b"{}",
+            "created_at": now,
+            "expires_at": now,
+        }
+        old_model.objects.create(digest="d" * 64, **fields)
+
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+
+        kept = IdempotencyKey.objects.get(digest="d" * 64)
+        assert (kept.key, kept.response_status, bytes(kept.response_body)) == ("k", 201, b"{}")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            IdempotencyKey.objects.create(digest="d" * 64, **fields)
+        assert [index["unique"] for index in _digest_indexes()] == [True]
+    finally:
+        MigrationExecutor(connection).migrate(latest)
