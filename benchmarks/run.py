@@ -612,15 +612,15 @@ def part_designs(vendor: str, seconds: float) -> None:
 
     from django.db import connection
 
-    from django_idempotency.storage.statements import Statements
+    from django_idempotency.storage.statements import Row, Statements
 
     statements = Statements(connection)
     # The one-statement claim: the row this claim wrote, else the record it
     # ran into (a record committed after the statement began is invisible
     # to its read, so the store would then read it once more).
-    nulls = ", ".join(["NULL"] * statements.read.split(" FROM ")[0].count(","))
+    nulls = ", ".join(["NULL"] * len(Row._fields))  # what the read selects
     in_one = (
-        f"WITH claimed AS ({statements.claim} RETURNING 1) SELECT TRUE, {nulls}, NULL "
+        f"WITH claimed AS ({statements.claim} RETURNING 1) SELECT TRUE, {nulls} "
         f"FROM claimed UNION ALL {statements.read.replace('SELECT ', 'SELECT FALSE, ', 1)} "
         "AND NOT EXISTS (SELECT 1 FROM claimed)"
     )
