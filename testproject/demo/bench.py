@@ -116,20 +116,26 @@ def _floor_database(
 
 
 def _floor_redis(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """``view`` between the Redis store's claim and completion scripts."""
+    """``view`` between the Redis store's claim and completion scripts, run
+    as redis-py ``Script`` objects, as the store runs them."""
     from django_idempotency.storage.base import new_token
     from django_idempotency.storage.redis import CLAIM, COMPLETE
 
     storage = _redis_storage()
+    scripts: dict[str, Any] = {}
 
     def floor(request: HttpRequest) -> HttpResponse:
         client = storage.client()
+        if not scripts:
+            scripts.update(
+                claim=client.register_script(CLAIM), complete=client.register_script(COMPLETE)
+            )
         redis_key = f"bench:floor:{request.headers['Idempotency-Key']}"
         token = new_token()
-        storage._script(CLAIM, client)([redis_key], (token, "f" * 64, 86_400_000, 10_000), client)
+        scripts["claim"]([redis_key], (token, "f" * 64, 86_400_000, 10_000), client)
         response = view(request)
         args = (token, response.status_code, "[]", response.content, "1")
-        storage._script(COMPLETE, client)([redis_key], args, client)
+        scripts["complete"]([redis_key], args, client)
         return response
 
     return floor
