@@ -679,8 +679,9 @@ def _design_worker(
     import psycopg
     from django.db import connection
 
+    from django_idempotency.records import RequestKey
     from django_idempotency.responses import StoredResponse
-    from django_idempotency.storage.base import RequestKey, new_token
+    from django_idempotency.storage.base import new_token
     from django_idempotency.storage.statements import Statements
 
     statements = Statements(connection)

@@ -2,82 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from django_idempotency import conf
+from django_idempotency.storage.configured import get_storage
+
+#: The methods RFC 9110 (section 9.2.1) defines as safe: they change nothing,
+#: so repeating one is harmless and keys are not meant for them (W001).
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001 not a dict, E002 unknown key, E003 bad value, E004 storage,
-    E005 lock_timeout not below ttl, W001 safe methods in METHODS, E006
-    ATOMIC with a store that cannot, W030 a store that cannot renew leases;
-    then the store's own checks."""
-    configured = getattr(settings, conf.SETTINGS_NAME, {})
-    if not isinstance(configured, Mapping):
-        return [
-            Error(
-                f"{conf.SETTINGS_NAME} must be a dict, not {type(configured).__name__}.",
-                hint=f"Set {conf.SETTINGS_NAME} = {{'TTL': 86400, ...}} or remove it.",
-                id="django_idempotency.E001",
-            )
-        ]
+    """The problems of the setting (:func:`.conf.parse_settings`: E001 to
+    E005); when it has none, W001 safe methods in METHODS, E004 a store
+    that cannot be built, E006 ATOMIC with a store that cannot, W030 a store
+    that cannot renew leases, and the store's own checks."""
+    setting = conf.read_settings()
+    if setting.problems:
+        return [Error(p.message, hint=p.hint, id=p.id) for p in setting.problems]
+    values = setting.values
     messages: list[CheckMessage] = []
-    parsed: dict[str, Any] = {}
-    for name, value in configured.items():
-        option = conf.OPTIONS.get(name.lower()) if isinstance(name, str) else None
-        if option is None or option.setting != name:
-            messages.append(
-                Error(
-                    f"{conf.SETTINGS_NAME} has an unknown key {name!r}.",
-                    hint=conf.did_you_mean(str(name).upper(), conf.SETTING_NAMES, what="keys"),
-                    id="django_idempotency.E002",
-                )
-            )
-            continue
-        try:
-            parsed[option.name] = option.parse(value)
-        except conf.OptionError as exc:
-            messages.append(
-                Error(
-                    f"{conf.SETTINGS_NAME}[{name!r}] is invalid: {exc}.",
-                    hint=f"See the reference of the {name} setting.",
-                    id="django_idempotency.E004"
-                    if option.name == "storage"
-                    else "django_idempotency.E003",
-                )
-            )
-    if messages:
-        return messages
-    defaults = {o.name: o.parse(o.default) for o in conf.OPTIONS.values() if o.name not in parsed}
-    values = {**defaults, **parsed}
-    # Without LOCK_TIMEOUT the lease is derived from TTL, and always fits it.
-    misfit = (
-        None
-        if values["lock_timeout"] is None
-        else conf.lease_problem(
-            values["ttl"],
-            values["lock_timeout"],
-            ttl_from="setting" if "ttl" in parsed else "default",
-        )
-    )
-    if misfit:
-        messages.append(
-            Error(
-                f"{misfit[0]}.",
-                hint=misfit[1],
-                id="django_idempotency.E005",
-            )
-        )
-    safe = [method for method in conf.SAFE_METHODS if method in values["methods"]]
+    safe = [method for method in SAFE_METHODS if method in values["methods"]]
     if safe:
         messages.append(safe_methods_warning(safe))
     try:
-        storage = conf.get_storage(values["storage"])
+        storage = get_storage()
     except Exception as exc:  # the store's constructor rejected its options
         messages.append(
             Error(
@@ -86,30 +39,30 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="django_idempotency.E004",
             )
         )
-    else:
-        problem = conf.atomic_problem(storage) if values["atomic"] else None
-        if problem:
-            messages.append(
-                Error(
-                    f"{conf.SETTINGS_NAME}['ATOMIC']: {problem}.",
-                    hint="Turn ATOMIC off, or keep the keys in the view's database.",
-                    id="django_idempotency.E006",
-                )
+        return messages
+    problem = conf.atomic_problem(storage) if values["atomic"] else None
+    if problem:
+        messages.append(
+            Error(
+                f"{conf.SETTINGS_NAME}['ATOMIC']: {problem}.",
+                hint="Turn ATOMIC off, or keep the keys in the view's database.",
+                id="django_idempotency.E006",
             )
-        if not storage.renews_leases:
-            messages.append(
-                Warning(
-                    f"The idempotency storage {type(storage).__name__} does not implement "
-                    "renew(): a claim is kept for one LOCK_TIMEOUT only, so a view that "
-                    "runs longer than that may run again for a retry.",
-                    hint="Implement BaseStorage.renew() in the store (see the storage "
-                    "reference), or set LOCK_TIMEOUT above the slowest run of a view.",
-                    id="django_idempotency.W030",
-                )
+        )
+    if not storage.renews_leases:
+        messages.append(
+            Warning(
+                f"The idempotency storage {type(storage).__name__} does not implement "
+                "renew(): a claim is kept for one LOCK_TIMEOUT only, so a view that "
+                "runs longer than that may run again for a retry.",
+                hint="Implement BaseStorage.renew() in the store (see the storage "
+                "reference), or set LOCK_TIMEOUT above the slowest run of a view.",
+                id="django_idempotency.W030",
             )
-        # Given no databases, the store's checks reach no server: those that
-        # do run in check_storage_servers().
-        messages.extend(storage.check(atomic=values["atomic"]))
+        )
+    # Given no databases, the store's checks reach no server: those that
+    # do run in check_storage_servers().
+    messages.extend(storage.check(atomic=values["atomic"]))
     return messages
 
 
@@ -122,15 +75,14 @@ def check_storage_servers(
     databases (``check --database``, ``migrate``). Django 6.1 leaves out the
     database-tagged checks when none are given, but gives the other checks
     every alias; Django 5.2 and 6.0 run every check, with ``databases=None``."""
-    if not databases:
+    if not databases or conf.read_settings().problems:  # check_settings reports those
         return []
     try:
-        atomic = conf.global_options()["atomic"]
-        storage = conf.get_storage()
-    except Exception:  # check_settings reports it (E003, E004)
+        storage = get_storage()
+    except Exception:  # check_settings reports it (E004)
         return []
-    offline = storage.check(atomic=atomic)
-    return [m for m in storage.check(atomic=atomic, databases=databases) if m not in offline]
+    atomic = conf.read_settings().values["atomic"]
+    return storage.check(atomic=atomic, databases=databases, servers_only=True)
 
 
 def safe_methods_warning(methods: list[str]) -> Warning:
@@ -143,7 +95,7 @@ def safe_methods_warning(methods: list[str]) -> Warning:
     return Warning(
         f"{conf.SETTINGS_NAME}['METHODS'] protects the safe method{plural} {names} on every "
         "protected view that does not set its own methods.",
-        hint=f"Safe methods ({', '.join(conf.SAFE_METHODS)}) change nothing, so repeating "
+        hint=f"Safe methods ({', '.join(SAFE_METHODS)}) change nothing, so repeating "
         "them is harmless and clients send no idempotency key with them: protecting them "
         "stores and replays their responses, and with REQUIRED refuses every such request "
         "without a key (CORS preflights, HEAD probes). Remove them from METHODS and set "

@@ -2,9 +2,18 @@
 
 Every option has one entry in :data:`OPTIONS`: its keyword name, its default
 and the function that validates and normalises it. The settings dict uses the
-upper-case names, the decorator the lower-case ones. Settings are read when
-used, so ``override_settings`` works; the parsed result is cached until the
+upper-case names, the decorator the lower-case ones.
+
+The setting has one parser, :func:`read_settings`: it returns the parsed
+values and every problem found, as :class:`Problem` objects. The system
+checks report those problems; the engine raises them
+(:func:`global_options`). Settings are read when used, so
+``override_settings`` works; the parsed result is cached until the
 ``setting_changed`` signal says ``IDEMPOTENCY`` changed.
+
+The one rule between options, a lease below the record's ``ttl``, is
+:func:`lease_problem`, applied to the setting here and to each view's
+options by :func:`resolve_lock_timeout`.
 """
 
 from __future__ import annotations
@@ -12,21 +21,17 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
-if TYPE_CHECKING:
-    from django_idempotency.errors import IdempotencyError
-    from django_idempotency.responses import StoredResponse
-    from django_idempotency.storage.base import BaseStorage
+from django_idempotency.storage.base import BaseStorage
 
 SETTINGS_NAME = "IDEMPOTENCY"
 
@@ -36,20 +41,9 @@ DEFAULT_KEY_PATTERN = r"[\x20-\x7e]{1,255}"
 #: Methods protected unless ``methods`` says otherwise.
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
-#: The methods RFC 9110 (section 9.2.1) defines as safe: they change nothing,
-#: so repeating one is harmless and keys are not meant for them (check W001).
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
-
 #: The lease of a claim when ``lock_timeout`` is set nowhere and ``ttl`` is
 #: 60 s or more (see :func:`derived_lock_timeout`).
 DEFAULT_LOCK_TIMEOUT = 30.0
-
-KeyFunc = Callable[[HttpRequest], object]
-ScopeFunc = Callable[[HttpRequest], str]
-FingerprintFunc = Callable[[HttpRequest], str]
-StoreIf = Callable[[HttpResponseBase], bool]
-DuplicateResponse = Callable[[HttpRequest, "StoredResponse"], HttpResponseBase]
-ErrorResponse = Callable[[HttpRequest, "IdempotencyError"], HttpResponseBase]
 
 
 class OptionError(ImproperlyConfigured, ValueError):
@@ -159,8 +153,6 @@ def _size(value: Any) -> int:
 
 
 def _storage(value: Any) -> Any:
-    from django_idempotency.storage.base import BaseStorage
-
     if value is None or isinstance(value, BaseStorage):
         return value
     if isinstance(value, str):
@@ -230,46 +222,12 @@ SETTING_NAMES = frozenset(option.setting for option in OPTIONS.values())
 PER_VIEW_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.per_view)
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Every option of one protected view, parsed, with the storage built."""
-
-    storage: BaseStorage
-    header: str
-    header_meta: str
-    key_func: KeyFunc | None
-    required: bool
-    key_pattern: re.Pattern[str]
-    methods: frozenset[str]
-    scope_func: ScopeFunc
-    fingerprint_func: FingerprintFunc
-    ttl: float
-    lock_timeout: float
-    max_lock_time: float
-    completion_timeout: float
-    store_if: StoreIf
-    on_conflict: int | Literal["wait"]
-    wait_timeout: float
-    replay_status: int | None
-    replay_headers: tuple[str, ...]
-    duplicate_response: DuplicateResponse | None
-    error_response: ErrorResponse | None
-    fail_open: bool
-    max_body_size: int
-    atomic: bool
-    replayable_headers: frozenset[str] = field(default=frozenset())
-
-    @property
-    def lock_limit(self) -> float:
-        """The longest a live request keeps its key by renewing its lease:
-        ``max_lock_time``, and never past the record's ``ttl``."""
-        return min(self.max_lock_time, self.ttl)
-
-
-# -- reading the settings ------------------------------------------------------
+# -- the cache of everything read from settings ---------------------------------
 
 _cache: dict[str, Any] = {}
 _generation = [0]
+
+T = TypeVar("T")
 
 
 @receiver(setting_changed)
@@ -284,9 +242,15 @@ def generation() -> int:
     return _generation[0]
 
 
-def user_settings() -> Mapping[str, Any]:
-    value = getattr(settings, SETTINGS_NAME, {})
-    return value if isinstance(value, Mapping) else {}
+def cached(name: str, build: Callable[[], T]) -> T:
+    """The value cached as ``name``, built by ``build()`` the first time:
+    dropped with everything else read from settings when they change (the
+    parsed setting, and the stores built from it)."""
+    try:
+        value: T = _cache[name]
+    except KeyError:
+        value = _cache[name] = build()
+    return value
 
 
 def keyword_label(name: str) -> str:
@@ -325,6 +289,101 @@ def unknown_option(name: str, label: Label = keyword_label) -> str:
     return f"{label(name)}: there is no per-view option {name!r}. {hint}"
 
 
+# -- the setting ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with the ``IDEMPOTENCY`` setting: the message and hint
+    of a system check (``id``, such as ``"django_idempotency.E003"``), and
+    of the ``OptionError`` the engine raises when a view is used."""
+
+    id: str
+    message: str
+    hint: str
+
+    def error(self) -> OptionError:
+        return OptionError(f"{self.message} {self.hint}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed ``IDEMPOTENCY`` setting: ``values`` of every option (the
+    default where the setting has none, or an invalid one), the names of
+    the options it sets, and its ``problems``."""
+
+    values: Mapping[str, Any]
+    configured: frozenset[str]
+    problems: tuple[Problem, ...]
+
+
+def read_settings() -> Settings:
+    """The ``IDEMPOTENCY`` setting, parsed once (until it changes): the one
+    parser of the setting, for the checks and the engine alike."""
+    return cached("settings", lambda: parse_settings(getattr(settings, SETTINGS_NAME, {})))
+
+
+def parse_settings(configured: object) -> Settings:
+    """Parse ``configured``, the value of the ``IDEMPOTENCY`` setting.
+
+    Problems: ``E001`` not a dict, ``E002`` an unknown key, ``E003`` an
+    invalid value (``E004`` for ``STORAGE``), and, when none of those,
+    ``E005``: a ``LOCK_TIMEOUT`` that does not fit ``TTL``."""
+    defaults = {option.name: option.parse(option.default) for option in OPTIONS.values()}
+    if not isinstance(configured, Mapping):
+        problem = Problem(
+            "django_idempotency.E001",
+            f"{SETTINGS_NAME} must be a dict, not {type(configured).__name__}.",
+            f"Set {SETTINGS_NAME} = {{'TTL': 86400, ...}} or remove it.",
+        )
+        return Settings(defaults, frozenset(), (problem,))
+    parsed: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name, value in configured.items():
+        option = OPTIONS.get(name.lower()) if isinstance(name, str) else None
+        if option is None or option.setting != name:
+            hint = did_you_mean(str(name).upper(), SETTING_NAMES, what="keys")
+            problems.append(
+                Problem(
+                    "django_idempotency.E002", f"{SETTINGS_NAME} has an unknown key {name!r}.", hint
+                )
+            )
+            continue
+        try:
+            parsed[option.name] = option.parse(value)
+        except OptionError as exc:
+            problems.append(
+                Problem(
+                    "django_idempotency.E004"
+                    if option.name == "storage"
+                    else "django_idempotency.E003",
+                    f"{SETTINGS_NAME}[{name!r}] is invalid: {exc}.",
+                    f"See the reference of the {name} setting.",
+                )
+            )
+    result = Settings({**defaults, **parsed}, frozenset(parsed), tuple(problems))
+    if not problems:
+        try:
+            resolve_lock_timeout({}, result)
+        except LeaseError as exc:
+            problem, hint = exc.args
+            problems.append(Problem("django_idempotency.E005", f"{problem}.", hint))
+            result = Settings(result.values, result.configured, tuple(problems))
+    return result
+
+
+def global_options() -> Mapping[str, Any]:
+    """The parsed setting, defaults filled in; raise ``OptionError`` with
+    the first of its problems, if it has any."""
+    parsed = read_settings()
+    if parsed.problems:
+        raise parsed.problems[0].error()
+    return parsed.values
+
+
+# -- per-view options ----------------------------------------------------------
+
+
 def parse_overrides(overrides: Mapping[str, Any], label: Label = keyword_label) -> dict[str, Any]:
     """Validate per-view options; raise ``TypeError`` or ``OptionError``.
 
@@ -342,12 +401,16 @@ def parse_overrides(overrides: Mapping[str, Any], label: Label = keyword_label) 
     if "ttl" in parsed or "lock_timeout" in parsed:
         # Checked again when the view is used, since settings may change.
         try:
-            defaults = global_options()
+            setting = read_settings()
         except ImproperlyConfigured:
-            pass  # settings not configured yet, or invalid: the checks say so
+            pass  # settings not configured yet: the checks say so
         else:
-            resolve_lock_timeout(parsed, defaults, label)
+            if not setting.problems:  # else the checks and the engine say so
+                resolve_lock_timeout(parsed, setting, label)
     return parsed
+
+
+# -- the lease: the one rule between options --------------------------------------
 
 
 def derived_lock_timeout(ttl: float) -> float:
@@ -418,22 +481,20 @@ def lease_problem(
 
 
 def resolve_lock_timeout(
-    overrides: Mapping[str, Any], defaults: Mapping[str, Any], label: Label = keyword_label
+    overrides: Mapping[str, Any], setting: Settings, label: Label = keyword_label
 ) -> float:
     """The lease of a view with the parsed ``overrides`` over the parsed
-    settings ``defaults``: the ``lock_timeout`` set for the view or in the
-    setting, else :func:`derived_lock_timeout`. Raise ``OptionError`` if
-    one is set and does not fit ``ttl``."""
+    ``setting``: the ``lock_timeout`` set for the view or in the setting,
+    else :func:`derived_lock_timeout`. Raise ``OptionError`` (its two
+    arguments: the problem and the fix) if one is set and does not fit
+    ``ttl``."""
+    defaults = setting.values
     ttl = overrides["ttl"] if "ttl" in overrides else defaults["ttl"]
     value = overrides["lock_timeout"] if "lock_timeout" in overrides else defaults["lock_timeout"]
     if value is None:
         return derived_lock_timeout(ttl)
     ttl_from: Origin = (
-        "view"
-        if "ttl" in overrides
-        else "setting"
-        if OPTIONS["ttl"].setting in user_settings()
-        else "default"
+        "view" if "ttl" in overrides else "setting" if "ttl" in setting.configured else "default"
     )
     problem = lease_problem(
         ttl,
@@ -444,8 +505,15 @@ def resolve_lock_timeout(
         label=label,
     )
     if problem:
-        raise OptionError("{}. {}".format(*problem))
+        raise LeaseError(*problem)
     return float(value)
+
+
+class LeaseError(OptionError):
+    """A ``lock_timeout`` that does not fit ``ttl``: the problem, and the fix."""
+
+    def __str__(self) -> str:
+        return "{}. {}".format(*self.args)
 
 
 def atomic_problem(storage: BaseStorage) -> str | None:
@@ -457,101 +525,3 @@ def atomic_problem(storage: BaseStorage) -> str | None:
             "use DatabaseStorage on the view's database"
         )
     return None
-
-
-def global_options() -> dict[str, Any]:
-    """The parsed settings dict, defaults filled in; cached."""
-    cached = _cache.get("global")
-    if cached is None:
-        configured = user_settings()
-        cached = {}
-        for option in OPTIONS.values():
-            raw = configured.get(option.setting, option.default)
-            try:
-                cached[option.name] = option.parse(raw)
-            except OptionError as exc:
-                raise OptionError(f"{SETTINGS_NAME}[{option.setting!r}]: {exc}") from None
-        _cache["global"] = cached
-    return cached
-
-
-def get_storage(spec: Any = None) -> BaseStorage:
-    """The storage for ``spec``: an instance, a dotted path, or None for the default."""
-    from django_idempotency.storage.base import BaseStorage
-
-    if isinstance(spec, BaseStorage):
-        return spec
-    options = global_options()
-    path = OPTIONS["storage"].parse(spec) or options["storage"]
-    if isinstance(path, BaseStorage):
-        return path
-    cache_key = f"storage:{path}"
-    storage = _cache.get(cache_key)
-    if storage is None:
-        cls = import_string(path)
-        kwargs = options["storage_options"] if path == options["storage"] else {}
-        storage = cls(**{name.lower(): value for name, value in kwargs.items()})
-        _cache[cache_key] = storage
-    return storage  # type: ignore[no-any-return]
-
-
-def build_policy(overrides: Mapping[str, Any], label: Label = keyword_label) -> Policy:
-    """Merge parsed per-view overrides over the parsed settings; ``label``
-    names the view's options in errors, as in :func:`parse_overrides`."""
-    defaults = global_options()
-    values = {**defaults, **overrides}
-    values["lock_timeout"] = resolve_lock_timeout(overrides, defaults, label)
-    values.pop("storage_options")
-    values["storage"] = get_storage(values["storage"])
-    problem = atomic_problem(values["storage"]) if values["atomic"] else None
-    if problem:
-        raise OptionError(f"{SETTINGS_NAME} and idempotent() options: {problem}")
-    header = values["header"]
-    values["header_meta"] = "HTTP_" + header.upper().replace("-", "_")
-    values["replayable_headers"] = frozenset(
-        name.lower() for name in (*SAFE_REPLAY_HEADERS, *values["replay_headers"])
-    )
-    return Policy(**values)
-
-
-#: Response headers stored with the body and replayed with it, always (the
-#: ``replay_headers`` option adds to them). A replay must give back the same
-#: representation: the bytes and every header that says what they are, so
-#: that a client or cache reads them as it read the first answer. Hence:
-#:
-#: * RFC 9110's representation metadata (section 8.3-8.7): ``Content-Type``,
-#:   ``Content-Encoding`` (a gzip body without it cannot be decoded),
-#:   ``Content-Language``, ``Content-Location``; and its validators (section
-#:   8.8): ``ETag``, ``Last-Modified``.
-#: * What else describes the stored bytes: ``Content-Disposition`` (RFC 6266,
-#:   how to save them), ``Content-Range`` (RFC 9110 section 14.4, which part
-#:   a 206 holds), ``Content-Digest`` and ``Repr-Digest`` (RFC 9530, digests
-#:   of them), and ``Vary`` (RFC 9110 section 12.5.5, which request headers
-#:   chose this representation, without which a cache may serve it to a
-#:   client that cannot read it).
-#: * What the request produced: ``Location`` and ``Link``.
-#:
-#: Headers of one exchange are never on it: ``Date``, ``Set-Cookie``,
-#: ``Cache-Control``, ``Expires``, ``Age``, request ids, authentication
-#: challenges. Middleware adds its own headers to a replay as to any response.
-SAFE_REPLAY_HEADERS = (
-    "Content-Type",
-    "Content-Encoding",
-    "Content-Language",
-    "Content-Location",
-    "ETag",
-    "Last-Modified",
-    "Content-Disposition",
-    "Content-Range",
-    "Content-Digest",
-    "Repr-Digest",
-    "Vary",
-    "Location",
-    "Link",
-)
-
-#: Never stored, even if ``replay_headers`` names them: ``Content-Length``
-#: frames one message and is derived from the replayed body (it changes when
-#: middleware compresses a replay); a raw ``Set-Cookie`` belongs to the
-#: client of the first exchange.
-NEVER_REPLAYED_HEADERS = frozenset({"content-length", "set-cookie"})

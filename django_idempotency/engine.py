@@ -26,7 +26,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 
 from django_idempotency import conf, leases, signals, transactions
-from django_idempotency.conf import ErrorResponse, Policy
 from django_idempotency.errors import (
     IdempotencyError,
     KeyInUse,
@@ -38,20 +37,15 @@ from django_idempotency.errors import (
     problem_response,
 )
 from django_idempotency.keys import get_key
+from django_idempotency.policy import ErrorResponse, Policy, build_policy
+from django_idempotency.records import Claim, RequestKey, StoredResponse
 from django_idempotency.responses import (
-    StoredResponse,
     capture,
     defer_until_rendered,
     render_now,
     replay,
 )
-from django_idempotency.storage.base import (
-    BaseStorage,
-    Claim,
-    RequestKey,
-    StorageError,
-    StoreTransaction,
-)
+from django_idempotency.storage.base import BaseStorage, StorageError, StoreTransaction
 
 logger = logging.getLogger("django_idempotency")
 
@@ -144,7 +138,7 @@ class Exchange:
             return self.policy.duplicate_response(self.request, stored)
         if not stored.replayable:
             return self.error(ResponseNotStored(original_status=stored.status))
-        return replay(stored, self.policy)
+        return replay(stored, self.policy.replay_status)
 
     def _next_delay(self) -> float | None:
         if self.policy.on_conflict != "wait":
@@ -208,7 +202,10 @@ class Exchange:
         return self.policy.store_if(response)
 
     def stored(self, response: HttpResponseBase) -> StoredResponse:
-        return capture(response, self.policy)
+        policy = self.policy
+        return capture(
+            response, max_body_size=policy.max_body_size, headers=policy.replayable_headers
+        )
 
     def lease_lost(self) -> HttpResponseBase:
         """Atomic mode: the claim was taken over before the view's commit, so
@@ -352,7 +349,7 @@ class Idempotency:
         """The options merged over the settings, rebuilt when settings change."""
         generation = conf.generation()
         if self._policy is None or self._generation != generation:
-            self._policy = conf.build_policy(self.overrides, self._label)
+            self._policy = build_policy(self.overrides, self._label)
             self._generation = generation
         return self._policy
 

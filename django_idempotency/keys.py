@@ -6,8 +6,8 @@ import re
 
 from django.http import HttpRequest
 
-from django_idempotency.conf import Policy
 from django_idempotency.errors import KeyInvalid
+from django_idempotency.policy import Policy
 
 #: No valid key is longer than this in its raw form (255 characters, each
 #: possibly escaped, plus quotes and whitespace). Longer values are refused

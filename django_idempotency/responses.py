@@ -3,31 +3,78 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 from typing import cast
 
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 
-from django_idempotency.conf import NEVER_REPLAYED_HEADERS, Policy
+from django_idempotency.records import StoredResponse
 
+__all__ = [
+    "NEVER_REPLAYED_HEADERS",
+    "REPLAYED_HEADER",
+    "SAFE_REPLAY_HEADERS",
+    "StoredResponse",
+    "capture",
+    "replay",
+    "replayable_headers",
+    "store_if_not_server_error",
+]
+
+#: The header that marks a replay.
 REPLAYED_HEADER = "Idempotent-Replayed"
 
+#: Response headers stored with the body and replayed with it, always (the
+#: ``replay_headers`` option adds to them). A replay must give back the same
+#: representation: the bytes and every header that says what they are, so
+#: that a client or cache reads them as it read the first answer. Hence:
+#:
+#: * RFC 9110's representation metadata (section 8.3-8.7): ``Content-Type``,
+#:   ``Content-Encoding`` (a gzip body without it cannot be decoded),
+#:   ``Content-Language``, ``Content-Location``; and its validators (section
+#:   8.8): ``ETag``, ``Last-Modified``.
+#: * What else describes the stored bytes: ``Content-Disposition`` (RFC 6266,
+#:   how to save them), ``Content-Range`` (RFC 9110 section 14.4, which part
+#:   a 206 holds), ``Content-Digest`` and ``Repr-Digest`` (RFC 9530, digests
+#:   of them), and ``Vary`` (RFC 9110 section 12.5.5, which request headers
+#:   chose this representation, without which a cache may serve it to a
+#:   client that cannot read it).
+#: * What the request produced: ``Location`` and ``Link``.
+#:
+#: Headers of one exchange are never on it: ``Date``, ``Set-Cookie``,
+#: ``Cache-Control``, ``Expires``, ``Age``, request ids, authentication
+#: challenges. Middleware adds its own headers to a replay as to any response.
+SAFE_REPLAY_HEADERS = (
+    "Content-Type",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Location",
+    "ETag",
+    "Last-Modified",
+    "Content-Disposition",
+    "Content-Range",
+    "Content-Digest",
+    "Repr-Digest",
+    "Vary",
+    "Location",
+    "Link",
+)
 
-@dataclass(frozen=True)
-class StoredResponse:
-    """A response as stored: status, body and the headers that describe it.
+#: Never stored, even if ``replay_headers`` names them: ``Content-Length``
+#: frames one message and is derived from the replayed body (it changes when
+#: middleware compresses a replay); a raw ``Set-Cookie`` belongs to the
+#: client of the first exchange.
+NEVER_REPLAYED_HEADERS = frozenset({"content-length", "set-cookie"})
 
-    ``replayable`` is False when the body could not be kept whole (larger
-    than ``max_body_size``, or a stream of unknown length): then only its
-    status is kept, and duplicates are told that the first request was
-    processed but cannot be replayed.
-    """
 
-    status: int
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
-    replayable: bool = True
+@cache
+def replayable_headers(extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """The lower-case names of the headers stored with a body and replayed
+    with it: :data:`SAFE_REPLAY_HEADERS` and ``extra`` (the
+    ``replay_headers`` option), never :data:`NEVER_REPLAYED_HEADERS`."""
+    names = frozenset(name.lower() for name in (*SAFE_REPLAY_HEADERS, *extra))
+    return names - NEVER_REPLAYED_HEADERS
 
 
 def store_if_not_server_error(response: HttpResponseBase) -> bool:
@@ -70,26 +117,21 @@ def render_now(response: HttpResponseBase) -> None:
         response.render()  # type: ignore[attr-defined]
 
 
-def capture(response: HttpResponseBase, policy: Policy) -> StoredResponse:
-    """What to store of ``response`` under ``policy``: its status, and its
-    body with the headers that describe it, or no body at all (not replayable).
+def capture(
+    response: HttpResponseBase, *, max_body_size: int, headers: frozenset[str]
+) -> StoredResponse:
+    """What to store of ``response``: its status, and its body (at most
+    ``max_body_size`` bytes) with the ``headers`` that describe it (lower-case
+    names, see :func:`replayable_headers`), or no body at all (not replayable).
 
     The body and its headers are taken together here and nowhere else, so a
     body is never stored without, say, its ``Content-Encoding``.
     """
-    body = stored_body(response, policy.max_body_size)
+    body = stored_body(response, max_body_size)
     if body is None:
         return StoredResponse(status=response.status_code, replayable=False)
-    return StoredResponse(
-        status=response.status_code, headers=replayed_headers(response, policy), body=body
-    )
-
-
-def replayed_headers(response: HttpResponseBase, policy: Policy) -> tuple[tuple[str, str], ...]:
-    """The headers of ``response`` stored with its body: those ``policy``
-    replays, as the view set them (see ``SAFE_REPLAY_HEADERS``)."""
-    names = policy.replayable_headers - NEVER_REPLAYED_HEADERS
-    return tuple((name, value) for name, value in response.items() if name.lower() in names)
+    kept = tuple((name, value) for name, value in response.items() if name.lower() in headers)
+    return StoredResponse(status=response.status_code, headers=kept, body=body)
 
 
 def stored_body(response: HttpResponseBase, limit: int) -> bytes | None:
@@ -142,11 +184,12 @@ def _then_raise(chunks: list[bytes], error: Exception) -> Iterator[bytes]:
     raise error
 
 
-def replay(stored: StoredResponse, policy: Policy) -> HttpResponse:
+def replay(stored: StoredResponse, status: int | None = None) -> HttpResponse:
     """A new response equal to the stored one, marked as a replay: the
     stored body with the headers stored with it, and a ``Content-Length``
-    derived from that body."""
-    response = HttpResponse(stored.body, status=policy.replay_status or stored.status)
+    derived from that body; with ``status`` instead of the stored one, if
+    given (the ``replay_status`` option)."""
+    response = HttpResponse(stored.body, status=status or stored.status)
     # HttpResponse sets a default Content-Type; the stored one, if any, wins.
     for name, value in stored.headers:
         response[name] = value

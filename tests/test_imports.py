@@ -60,3 +60,68 @@ def test_the_core_never_imports_drf_or_django_redis() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of the package, and the modules of the package it
+    imports anywhere: at the top, inside functions, or for type checking."""
+    import ast
+    from pathlib import Path
+
+    import django_idempotency
+
+    root = Path(django_idempotency.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = ["django_idempotency", *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # "from package import module" imports the module.
+                imported = [
+                    f"{node.module}.{alias.name}"
+                    if f"{node.module}.{alias.name}" in modules
+                    else node.module
+                    for alias in node.names
+                ]
+            else:
+                continue
+            targets.update(m for m in imported if m in modules and m != name)
+    return graph
+
+
+def test_no_module_of_the_package_imports_itself_back() -> None:
+    """No import cycle, through lazy imports either: each module builds on
+    the ones below it (records, errors; the stores' base; conf; policy;
+    the engine; the adapters), never on one above."""
+    graph = _package_imports()
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+    assert len(graph) > 30
+    assert graph["django_idempotency.responses"] == {"django_idempotency.records"}
+    assert cycles == []
+
+
+def test_the_values_stores_and_adapters_share_import_nothing_of_the_package() -> None:
+    assert _package_imports()["django_idempotency.records"] == set()

@@ -60,9 +60,10 @@ from rest_framework.views import APIView
 from rest_framework.viewsets import ViewSetMixin
 
 from django_idempotency import errors
-from django_idempotency.conf import DEFAULT_KEY_PATTERN, Policy
+from django_idempotency.conf import DEFAULT_KEY_PATTERN
 from django_idempotency.engine import Idempotency
 from django_idempotency.keys import MAX_KEY_LENGTH
+from django_idempotency.policy import Policy
 from django_idempotency.responses import REPLAYED_HEADER
 from django_idempotency.rest_framework.exceptions import error_renderer
 from django_idempotency.rest_framework.mixins import IdempotencyMixin, protection

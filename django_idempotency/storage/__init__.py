@@ -2,7 +2,9 @@
 
 ``DatabaseStorage`` and ``RedisStorage`` are imported when first used, so
 that importing the decorator needs neither Django's app registry (the
-database store's model does) nor redis-py.
+database store's model does) nor redis-py; so is ``get_storage``, which
+reads the settings (:mod:`django_idempotency.conf` builds on this package's
+base classes, never the other way round).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django_idempotency.storage.base import (
 )
 
 if TYPE_CHECKING:
+    from django_idempotency.storage.configured import get_storage
     from django_idempotency.storage.database import DatabaseStorage
     from django_idempotency.storage.redis import RedisStorage
 
@@ -33,10 +36,15 @@ __all__ = [
     "RequestKey",
     "StorageError",
     "StoreTransaction",
+    "get_storage",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "get_storage":
+        from django_idempotency.storage.configured import get_storage
+
+        return get_storage
     if name == "DatabaseStorage":
         from django_idempotency.storage.database import DatabaseStorage
 

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
 
-from django_idempotency.responses import StoredResponse
+from django_idempotency.records import Claim, Record, RequestKey, State, StoredResponse
 
-State = Literal["in_progress", "completed"]
+__all__ = [
+    "BaseStorage",
+    "Claim",
+    "PurgeResult",
+    "Record",
+    "RequestKey",
+    "State",
+    "StorageError",
+    "StoreTransaction",
+    "StoredResponse",
+    "new_token",
+]
 
 
 class StorageError(Exception):
@@ -44,55 +54,6 @@ _token_prefix = ""
 _token_counter = itertools.count()
 _new_token_prefix()
 os.register_at_fork(after_in_child=_new_token_prefix)
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """One idempotency key as the stores see it.
-
-    ``scope`` and ``key`` identify the record; ``fingerprint`` identifies the
-    request made with it. Stores look records up by ``digest``, a SHA-256 of
-    scope and key, so that neither length nor content of either matters.
-    """
-
-    scope: str
-    key: str
-    fingerprint: str
-
-    @cached_property
-    def digest(self) -> str:
-        scope = self.scope.encode()
-        return hashlib.sha256(b"%d:%s%s" % (len(scope), scope, self.key.encode())).hexdigest()
-
-    @property
-    def log_id(self) -> str:
-        """What logs and signals show instead of the key: a prefix of the digest."""
-        return self.digest[:16]
-
-
-@dataclass(frozen=True)
-class Record:
-    """An existing record that a claim ran into."""
-
-    state: State
-    fingerprint: str
-    response: StoredResponse | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The outcome of :meth:`BaseStorage.claim`.
-
-    Either ``token`` is set (this request owns the key and must complete or
-    release it with that token) or ``record`` is (another request has it).
-    """
-
-    token: str | None = None
-    record: Record | None = None
-
-    @property
-    def claimed(self) -> bool:
-        return self.token is not None
 
 
 @dataclass(frozen=True)
@@ -209,8 +170,21 @@ class BaseStorage:
         request's database can join its transaction."""
         return None
 
-    def check(self, **kwargs: Any) -> list[CheckMessage]:
-        """System check messages about this store's configuration."""
+    def check(
+        self,
+        *,
+        atomic: bool = False,
+        databases: Sequence[str] | None = None,
+        servers_only: bool = False,
+        **kwargs: Any,
+    ) -> list[CheckMessage]:
+        """System check messages about this store.
+
+        ``atomic`` is the ``ATOMIC`` setting. Checks that reach the store's
+        servers run only when Django's checks are given ``databases``
+        (``check --database``, ``migrate``); with ``servers_only``, they are
+        all that runs (the checks of the configuration ran already). Further
+        keyword arguments are those of a system check, for future use."""
         return []
 
     async def aclaim(self, key: RequestKey, *, ttl: float, lease: float) -> Claim:

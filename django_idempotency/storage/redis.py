@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -42,12 +42,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from django_idempotency.responses import StoredResponse
+from django_idempotency.records import Claim, Record, RequestKey, StoredResponse
 from django_idempotency.storage.base import (
     BaseStorage,
-    Claim,
-    Record,
-    RequestKey,
     StorageError,
     new_token,
 )
@@ -183,10 +180,19 @@ class RedisStorage(BaseStorage):
     async def arelease(self, key: RequestKey, token: str) -> bool:
         return bool(await self._arun(RELEASE, key, token))
 
-    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+    def check(
+        self, *, databases: Sequence[str] | None = None, servers_only: bool = False, **kwargs: Any
+    ) -> list[checks.CheckMessage]:
         """E020, E021 and E022 about the cache, W022 about async views; and,
         when Django's checks are given databases (``check --database``,
         ``migrate``), W023 about eviction: the only check that reaches Redis."""
+        if servers_only:
+            if not databases:
+                return []
+            try:
+                return self._eviction_check()
+            except Exception:  # no Redis client: E020, E021 or E022, reported offline
+                return []
         config = settings.CACHES.get(self.cache_alias)
         if config is None:
             return [
@@ -239,7 +245,7 @@ class RedisStorage(BaseStorage):
                         id="django_idempotency.W022",
                     )
                 )
-        if kwargs.get("databases"):
+        if databases:
             messages.extend(self._eviction_check())
         return messages
 

@@ -31,9 +31,8 @@ from typing import Any, NamedTuple
 from django.core.exceptions import ImproperlyConfigured
 
 from django_idempotency.models import IdempotencyKey, State
-from django_idempotency.responses import StoredResponse
-from django_idempotency.storage.base import Record, RequestKey
-from django_idempotency.storage.base import State as RecordState
+from django_idempotency.records import Record, RequestKey, StoredResponse
+from django_idempotency.records import State as RecordState
 
 
 @dataclass(frozen=True)

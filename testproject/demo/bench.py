@@ -84,8 +84,9 @@ def _floor_database(
     view's writes and the completion in one transaction (a design not built:
     duplicates would wait on the unique index for the first request's
     commit)."""
+    from django_idempotency.records import RequestKey
     from django_idempotency.responses import StoredResponse
-    from django_idempotency.storage.base import RequestKey, new_token
+    from django_idempotency.storage.base import new_token
     from django_idempotency.storage.statements import Statements
 
     built: list[Statements] = []

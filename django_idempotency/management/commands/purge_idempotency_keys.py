@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_idempotency import conf
 from django_idempotency.storage.base import StorageError
+from django_idempotency.storage.configured import get_storage
 
 
 class Command(BaseCommand):
@@ -45,7 +46,7 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be a positive number.")
         try:
-            storage = conf.get_storage(options.get("storage"))
+            storage = get_storage(options.get("storage"))
         except (ImportError, conf.OptionError, TypeError) as exc:
             raise CommandError(f"Cannot use the idempotency storage: {exc}") from exc
         try:

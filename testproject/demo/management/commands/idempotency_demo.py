@@ -27,8 +27,8 @@ from django.test import Client
 from demo.models import Order
 from demo.views import SHORT_TTL
 from django_idempotency.models import IdempotencyKey
+from django_idempotency.records import RequestKey
 from django_idempotency.signals import key_claimed
-from django_idempotency.storage.base import RequestKey
 
 #: Response headers worth showing; the others are Django's defaults.
 SHOWN_HEADERS = ("Idempotent-Replayed", "Location", "Retry-After", "Content-Type")
