@@ -12,7 +12,7 @@ import hashlib
 
 from django.http import HttpRequest
 
-from django_idempotency.engine import EXCHANGE_ATTRIBUTE, Exchange
+from django_idempotency.exchange import EXCHANGE_ATTRIBUTE, Exchange
 
 
 def downstream_key(request: HttpRequest, purpose: str) -> str:

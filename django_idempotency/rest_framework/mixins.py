@@ -98,9 +98,9 @@ class IdempotencyMixin(_Base):
     idempotency_max_body_size: int | _Unset = UNSET
     idempotency_atomic: bool | _Unset = UNSET
 
-    #: The engine and the exchange of the claim this request owns, from
-    #: ``initial()`` until the key is completed or released.
-    _idempotency_claim: tuple[Idempotency, Exchange] | None = None
+    #: The exchange of the claim this request owns, from ``initial()``
+    #: until the key is completed or released.
+    _idempotency_exchange: Exchange | None = None
 
     #: Whether the options are decided per request, by methods that may read
     #: the request (set for each subclass).
@@ -191,7 +191,7 @@ class IdempotencyMixin(_Base):
     # -- DRF's stages ---------------------------------------------------------------
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self._idempotency_claim = None
+        self._idempotency_exchange = None
         idempotency = None
         if self._idempotency_handled(request):
             if self._idempotency_per_request:
@@ -208,7 +208,7 @@ class IdempotencyMixin(_Base):
             return
         entered = idempotency.enter(request, errors=error_renderer(self))
         if isinstance(entered, Exchange):
-            self._idempotency_claim = (idempotency, entered)
+            self._idempotency_exchange = entered
         elif entered is not None:
             raise _Answer(entered)
 
@@ -221,24 +221,21 @@ class IdempotencyMixin(_Base):
         try:
             response = super().handle_exception(exc)
         except BaseException:
-            claim, self._idempotency_claim = self._idempotency_claim, None
-            if claim is not None:
-                idempotency, exchange = claim
-                idempotency.abort(exchange, "exception", exc)
+            exchange, self._idempotency_exchange = self._idempotency_exchange, None
+            if exchange is not None:
+                exchange.abort("exception", exc)
             raise
-        if self._idempotency_claim is not None:
-            idempotency, exchange = self._idempotency_claim
-            idempotency.answered_exception(exchange)
+        if self._idempotency_exchange is not None:
+            self._idempotency_exchange.answered_exception()
         return response
 
     def finalize_response(  # type: ignore[override]
         self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]
-        claim, self._idempotency_claim = self._idempotency_claim, None
-        if claim is not None:
-            idempotency, exchange = claim
-            response = idempotency.finish(exchange, response)
+        exchange, self._idempotency_exchange = self._idempotency_exchange, None
+        if exchange is not None:
+            response = exchange.finish(response)
         return response
 
     def _idempotency_handled(self, request: Request) -> bool:
