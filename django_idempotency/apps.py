@@ -13,8 +13,12 @@ class IdempotencyConfig(AppConfig):
     def ready(self) -> None:
         from django_idempotency import checks  # noqa: F401  (registers the checks)
 
-        # A project that uses drf-spectacular lists it in INSTALLED_APPS; one
-        # that merely has it installed does not get it (and DRF) imported.
+        # The adapters of the frameworks a project uses register themselves
+        # with the core when imported; one that is merely installed is not
+        # imported (nor are DRF and drf-spectacular).
+        if apps.is_installed("rest_framework"):
+            # @idempotent on @api_view functions and API view handlers.
+            import django_idempotency.rest_framework  # noqa: F401
         if apps.is_installed("drf_spectacular"):
             # Registers the OpenAPI extension: the idempotency header and answers.
             from django_idempotency.rest_framework import schema  # noqa: F401

@@ -1,17 +1,62 @@
-"""The ``@idempotent`` view decorator."""
+"""The ``@idempotent`` view decorator.
+
+The decorator knows Django views only. Another framework whose views or
+requests need handling of their own registers a :class:`ViewAdapter` when
+its adapter module is imported: the DRF one does, for ``@api_view``
+functions and the handlers of API views (``django_idempotency.rest_framework``,
+imported by the app config when DRF is installed).
+"""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial, wraps
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import iscoroutinefunction
+from django.http import HttpResponseBase
 
+from django_idempotency import conf
 from django_idempotency.engine import Idempotency
 
 ViewFunc = TypeVar("ViewFunc", bound=Callable[..., Any])
+
+
+class ViewAdapter:
+    """What another framework's adapter changes in ``@idempotent``.
+
+    Subclass it and pass an instance to :func:`register_adapter` when the
+    adapter's module is imported."""
+
+    #: The class of the framework's requests, as its views receive them:
+    #: a decorated function called with one runs through :meth:`handle`.
+    request_class: type | None = None
+
+    def protect(self, view: Any, options: Mapping[str, Any]) -> Any | None:
+        """``view`` protected the framework's own way, with the parsed
+        per-view ``options``, if it is one of the framework's views (such as
+        the result of DRF's ``@api_view``); None to let the decorator wrap it."""
+        return None
+
+    def handle(
+        self, protection: Idempotency, request: Any, call: Callable[[], HttpResponseBase]
+    ) -> HttpResponseBase:
+        """Run ``call()``, a decorated function called with a request of
+        :attr:`request_class`, under ``protection``."""
+        raise NotImplementedError
+
+
+_adapters: list[ViewAdapter] = []
+_handled_requests: tuple[type, ...] = ()
+
+
+def register_adapter(adapter: ViewAdapter) -> None:
+    """Have ``@idempotent`` consult ``adapter`` (once per adapter class)."""
+    global _handled_requests
+    if any(type(known) is type(adapter) for known in _adapters):
+        return
+    _adapters.append(adapter)
+    _handled_requests = tuple(a.request_class for a in _adapters if a.request_class is not None)
 
 
 @overload
@@ -32,7 +77,7 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
     options are validated here, at import time; their defaults come from the
     ``IDEMPOTENCY`` setting, read when requests arrive.
     """
-    protection = Idempotency(options)
+    overrides = conf.parse_overrides(options)
 
     def decorator(view_func: ViewFunc) -> ViewFunc:
         if isinstance(view_func, type):
@@ -41,12 +86,13 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
                 "use method_decorator(idempotent) on its methods, or, for a DRF view, "
                 "django_idempotency.rest_framework.IdempotencyMixin."
             )
-        if _drf_view_class(view_func) is not None:
-            from django_idempotency.rest_framework.decorators import protect_as_view
-
-            return protect_as_view(view_func, options)  # type: ignore[return-value]
+        for adapter in _adapters:
+            protected = adapter.protect(view_func, overrides)
+            if protected is not None:
+                return protected  # type: ignore[no-any-return]
+        protection = Idempotency(overrides)
         if iscoroutinefunction(view_func):
-            if protection.overrides.get("atomic"):
+            if overrides.get("atomic"):
                 raise TypeError(
                     f"idempotent(atomic=True) cannot protect the async view "
                     f"{view_func.__qualname__}: Django cannot hold a transaction open "
@@ -64,10 +110,8 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
             @wraps(view_func)
             def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 call = partial(view_func, request, *args, **kwargs)
-                if _is_drf_request(request):
-                    from django_idempotency.rest_framework.decorators import handle_in_view
-
-                    return handle_in_view(protection, request, call)
+                if isinstance(request, _handled_requests):
+                    return _adapter_of(request).handle(protection, request, call)
                 return protection.handle(request, call)
 
         wrapper.idempotency = protection
@@ -83,20 +127,5 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
     return decorator
 
 
-# DRF is looked up in sys.modules, never imported: a DRF view or request means
-# DRF is loaded already, and the core must work without it installed.
-
-
-def _drf_view_class(view_func: Any) -> type | None:
-    """The APIView class behind ``view_func`` if it is ``as_view()`` of one
-    (``@api_view`` makes such a function), else None."""
-    views = sys.modules.get("rest_framework.views")
-    cls = getattr(view_func, "cls", None)
-    if views is None or not isinstance(cls, type) or not issubclass(cls, views.APIView):
-        return None
-    return cls
-
-
-def _is_drf_request(request: Any) -> bool:
-    module = sys.modules.get("rest_framework.request")
-    return module is not None and isinstance(request, module.Request)
+def _adapter_of(request: Any) -> ViewAdapter:
+    return next(a for a in _adapters if a.request_class and isinstance(request, a.request_class))

@@ -62,9 +62,10 @@ def test_the_core_never_imports_drf_or_django_redis() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def _package_imports() -> dict[str, set[str]]:
+def _package_imports(*, external: bool = False) -> dict[str, set[str]]:
     """Each module of the package, and the modules of the package it
-    imports anywhere: at the top, inside functions, or for type checking."""
+    imports anywhere: at the top, inside functions, or for type checking;
+    with ``external``, every module it imports, the package's or not."""
     import ast
     from pathlib import Path
 
@@ -93,7 +94,7 @@ def _package_imports() -> dict[str, set[str]]:
                 ]
             else:
                 continue
-            targets.update(m for m in imported if m in modules and m != name)
+            targets.update(m for m in imported if (external or m in modules) and m != name)
     return graph
 
 
@@ -125,3 +126,25 @@ def test_no_module_of_the_package_imports_itself_back() -> None:
 
 def test_the_values_stores_and_adapters_share_import_nothing_of_the_package() -> None:
     assert _package_imports()["django_idempotency.records"] == set()
+
+
+def test_the_core_knows_no_adapter() -> None:
+    """Dependencies point one way: the DRF adapter builds on the core and
+    registers what the decorator needs of it; no module of the core imports
+    DRF, drf-spectacular or the adapter (the app config, which imports the
+    adapters of the frameworks a project has installed, aside)."""
+    adapter = ("rest_framework", "drf_spectacular", "django_idempotency.rest_framework")
+    core = {
+        module: targets
+        for module, targets in _package_imports(external=True).items()
+        if not module.startswith("django_idempotency.rest_framework")
+        and module != "django_idempotency.apps"
+    }
+
+    reaching = {
+        module: sorted(t for t in targets if t.startswith(adapter))
+        for module, targets in core.items()
+    }
+
+    assert "django_idempotency.decorators" in reaching
+    assert {module: found for module, found in reaching.items() if found} == {}

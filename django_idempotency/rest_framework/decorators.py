@@ -22,9 +22,29 @@ from django.http import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from django_idempotency.decorators import ViewAdapter, register_adapter
 from django_idempotency.engine import Idempotency
 from django_idempotency.rest_framework.exceptions import error_renderer
 from django_idempotency.rest_framework.mixins import ATTRIBUTE_PREFIX, IdempotencyMixin
+
+
+class RestFrameworkAdapter(ViewAdapter):
+    """``@idempotent`` on DRF views: above ``@api_view`` (or on
+    ``as_view()``) the view is rebuilt with the mixin; a handler called with
+    DRF's ``Request`` runs with DRF's exception handling."""
+
+    request_class = Request
+
+    def protect(self, view: Any, options: Mapping[str, Any]) -> Any | None:
+        cls = getattr(view, "cls", None)
+        if isinstance(cls, type) and issubclass(cls, APIView):
+            return protect_as_view(view, options)
+        return None
+
+    def handle(
+        self, protection: Idempotency, request: Any, call: Callable[[], HttpResponseBase]
+    ) -> HttpResponseBase:
+        return handle_in_view(protection, request, call)
 
 
 def protect_as_view(view_func: Any, options: Mapping[str, Any]) -> Callable[..., Any]:
@@ -69,3 +89,6 @@ def _exceptions_handled(view: APIView, call: Callable[[], HttpResponseBase]) -> 
     except Exception as exc:
         response: HttpResponseBase = view.handle_exception(exc)
         return response
+
+
+register_adapter(RestFrameworkAdapter())
