@@ -228,7 +228,7 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
 
     As an ``APIView`` (the default), the options are ``idempotency_*`` class
     attributes and every method calls ``view``. As a ``ModelViewSet``, they
-    come from ``get_idempotency_*()`` methods, and its actions (create,
+    come from ``get_idempotency_options()``, and its actions (create,
     update, partial_update, destroy, list) call ``view``. ``view`` gets DRF's request,
     which has everything the helpers' views read. Anyone may call it; the
     session authenticates ``client.force_login()`` users.
@@ -258,8 +258,7 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
     actions["delete"] = "destroy"
     for action in actions.values():
         attributes[action] = handler
-    for name, value in options.items():
-        attributes[f"get_idempotency_{name}"] = lambda self, value=value: value
+    attributes["get_idempotency_options"] = lambda self: dict(options)
     attributes["queryset"] = Order.objects.none()
     endpoints = type("Endpoints", (IdempotencyMixin, ModelViewSet), attributes)
     return endpoints.as_view(actions)  # type: ignore[no-any-return]

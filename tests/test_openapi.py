@@ -96,8 +96,8 @@ class PlainTextErrors(IdempotencyMixin, APIView):
 
 
 class Negotiated(IdempotencyMixin, APIView):
-    def get_idempotency_required(self) -> bool:
-        return self.request.method == "POST"
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"required": self.request.method == "POST"}
 
     @extend_schema(request=OrderSerializer, responses=CREATED)
     def post(self, request: Request) -> Response:
@@ -105,12 +105,12 @@ class Negotiated(IdempotencyMixin, APIView):
 
 
 class Fragile(IdempotencyMixin, APIView):
-    """A getter that reads the body, which the schema's request has not."""
+    """Per-request options that read the body, which the schema's request has not."""
 
     idempotency_required = True
 
-    def get_idempotency_header(self) -> str:
-        return str(self.request.data["header"])
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"header": str(self.request.data["header"])}
 
     @extend_schema(request=OrderSerializer, responses=CREATED)
     def post(self, request: Request) -> Response:
@@ -404,7 +404,7 @@ def test_options_decided_per_request() -> None:
     assert header["required"] is True
 
 
-def test_a_getter_that_needs_a_real_request_falls_back_to_the_attributes() -> None:
+def test_per_request_options_that_need_a_real_request_fall_back_to_the_attributes() -> None:
     (header,) = headers(operation(Fragile.as_view()))
     assert (header["name"], header["required"]) == ("Idempotency-Key", True)
 

@@ -90,13 +90,14 @@ def test_a_misspelt_mixin_attribute_names_the_closest_attribute(
     )
 
 
-def test_a_misspelt_mixin_getter_names_the_closest_getter(drf: Any) -> None:
+def test_a_per_option_getter_points_to_get_idempotency_options(drf: Any) -> None:
     with pytest.raises(TypeError) as raised:
-        type("Orders", drf, {"get_idempotency_requried": lambda view: True})
+        type("Orders", drf, {"get_idempotency_required": lambda view: True})
 
     assert str(raised.value) == (
-        "Orders.get_idempotency_requried: there is no per-view option 'requried'. "
-        "Did you mean Orders.get_idempotency_required?"
+        "Orders.get_idempotency_required: options are decided per request by "
+        "get_idempotency_options(), as in: def get_idempotency_options(self): "
+        "return {'required': ...}"
     )
 
 

@@ -5,7 +5,7 @@ The ``configure`` fixture runs each option test four times: with the option on
 the decorator; with the bare decorator and the option in the settings dict, set
 after the view was decorated, which shows settings are read when used; as an
 ``idempotency_*`` attribute of an ``APIView`` with the mixin; and returned by a
-``get_idempotency_*()`` method of a ``ModelViewSet`` with the mixin. The DRF
+``get_idempotency_options()`` of a ``ModelViewSet`` with the mixin. The DRF
 runs are skipped where Django REST framework is not installed.
 """
 
@@ -99,7 +99,7 @@ Configure = Callable[..., Callable[..., Any]]
 def protected_by(adapter: str, view: Callable[..., Any], options: dict[str, Any]) -> Any:
     """``view`` with ``options`` of its own: given to the decorator, or to a DRF
     view with the mixin, as ``idempotency_*`` attributes of an ``APIView``
-    (``"apiview"``) or returned by ``get_idempotency_*()`` methods of a
+    (``"apiview"``) or returned by ``get_idempotency_options()`` of a
     ``ModelViewSet`` (``"viewset"``)."""
     if adapter == "decorator":
         return idempotent(**options)(view)
@@ -114,7 +114,7 @@ def configure(
     to the decorator or, after decorating, set in ``IDEMPOTENCY``; or served by
     a DRF ``APIView`` with the mixin and the options as ``idempotency_*``
     attributes, or by a ``ModelViewSet`` with the mixin and the options
-    returned by ``get_idempotency_*()`` methods."""
+    returned by ``get_idempotency_options()``."""
     if request.param in ("apiview", "viewset"):
         pytest.importorskip("rest_framework")
 
@@ -132,7 +132,7 @@ def configure(
 def per_view(request: pytest.FixtureRequest) -> Configure:
     """``per_view(view, **options)``: the view with options of its own, for the
     tests of how they combine with the setting: on the decorator, as the
-    mixin's attributes, or from the mixin's getters (see :func:`protected_by`)."""
+    mixin's attributes, or from ``get_idempotency_options()`` (see :func:`protected_by`)."""
     if request.param != "decorator":
         pytest.importorskip("rest_framework")
 
@@ -1146,9 +1146,9 @@ class TestViewOptionBeatsSetting:
 
 
 @pytest.mark.django_db
-class TestMixinGetters:
-    """A ``get_idempotency_*()`` method wins over the ``idempotency_*``
-    attribute, and ``UNSET`` from either leaves the option to the setting."""
+class TestMixinPerRequestOptions:
+    """``get_idempotency_options()`` wins over the ``idempotency_*``
+    attributes, and ``UNSET`` from either leaves the option to the setting."""
 
     @pytest.fixture
     def endpoint(self) -> type[Any]:
@@ -1158,20 +1158,19 @@ class TestMixinGetters:
         endpoint: type[Any] = view.cls
         return endpoint
 
-    def test_getter_beats_the_attribute(
+    def test_per_request_options_beat_the_attribute(
         self,
         client: Client,
         serve: Callable[..., str],
         idempotency_settings: Callable[..., None],
         endpoint: type[Any],
     ) -> None:
-        def get_idempotency_replay_status(view: Any) -> int:
+        def get_idempotency_options(view: Any) -> dict[str, Any]:
             # Decided per request: the request is the view's by now.
-            return 200 if view.request.headers.get("X-Client") == "legacy" else 202
+            legacy = view.request.headers.get("X-Client") == "legacy"
+            return {"replay_status": 200 if legacy else 202}
 
-        decided = type(
-            "Decided", (endpoint,), {"get_idempotency_replay_status": get_idempotency_replay_status}
-        )
+        decided = type("Decided", (endpoint,), {"get_idempotency_options": get_idempotency_options})
         url = serve(decided.as_view())
         idempotency_settings(REPLAY_STATUS=203)
         send(client, url)
@@ -1183,7 +1182,7 @@ class TestMixinGetters:
         assert replayed(legacy)
         assert replayed(other)
 
-    @pytest.mark.parametrize("where", ["attribute", "getter"])
+    @pytest.mark.parametrize("where", ["attribute", "per-request"])
     def test_unset_leaves_the_option_to_the_setting(
         self,
         client: Client,
@@ -1198,7 +1197,9 @@ class TestMixinGetters:
             deferring = type("Deferring", (endpoint,), {"idempotency_replay_status": UNSET})
         else:
             deferring = type(
-                "Deferring", (endpoint,), {"get_idempotency_replay_status": lambda view: UNSET}
+                "Deferring",
+                (endpoint,),
+                {"get_idempotency_options": lambda view: {"replay_status": UNSET}},
             )
         url = serve(deferring.as_view())
         idempotency_settings(REPLAY_STATUS=203)
@@ -1409,18 +1410,21 @@ def test_a_slow_view_keeps_its_key_past_the_derived_lease(
 
 def refusal(client: Client, serve: Callable[..., str], make: Callable[[], Any]) -> str:
     """The ``OptionError`` a misfit raises: when the view is made (decorator,
-    mixin attributes) or when a request comes (mixin getters)."""
+    mixin attributes) or when a request comes (``get_idempotency_options()``)."""
     with pytest.raises(conf.OptionError) as raised:
         send(client, serve(make()))
     return str(raised.value)
 
 
-VIEW_LABEL = r"(idempotent\({}=\.\.\.\)|Endpoints?\.idempotency_{})"
+VIEW_LABEL = (
+    r"(idempotent\({0}=\.\.\.\)|Endpoint\.idempotency_{0}"
+    r"|Endpoints\.get_idempotency_options\(\)\['{0}'\])"
+)
 
 
 def view_option(name: str) -> str:
     """The pattern of option ``name`` as each adapter spells it."""
-    return VIEW_LABEL.format(name, name)
+    return VIEW_LABEL.format(name)
 
 
 @pytest.mark.django_db

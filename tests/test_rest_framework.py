@@ -47,7 +47,6 @@ from django_idempotency.decorators import idempotent
 from django_idempotency.errors import IdempotencyError
 from django_idempotency.models import IdempotencyKey
 from django_idempotency.rest_framework import UNSET, IdempotencyAPIException, IdempotencyMixin
-from django_idempotency.rest_framework.mixins import protection
 from django_idempotency.scope import auth_identity, default_scope
 
 pytestmark = pytest.mark.django_db
@@ -294,15 +293,17 @@ class DataGetter(IdempotencyMixin, APIView):
     permission_classes: list[type[BasePermission]] = []
     parser_classes = [StreamJSONParser]
 
-    def get_idempotency_replay_status(self) -> int:
-        return 202 if self.request.data.get("item") == "tea" else 200
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"replay_status": 202 if self.request.data.get("item") == "tea" else 200}
 
     def post(self, request: Request) -> Response:
         return create(request)
 
 
-def test_getter_reading_request_data(client: Client, serve: Callable[..., str]) -> None:
-    """A ``get_idempotency_*()`` that parses the body runs before the claim;
+def test_per_request_options_reading_request_data(
+    client: Client, serve: Callable[..., str]
+) -> None:
+    """A ``get_idempotency_options()`` that parses the body runs before the claim;
     the fingerprint still has the body's bytes, and the view its data."""
     url = serve(DataGetter.as_view())
     tea = {"item": "tea", "quantity": 3}
@@ -314,11 +315,31 @@ def test_getter_reading_request_data(client: Client, serve: Callable[..., str]) 
     assert Order.objects.get().quantity == 3
 
 
-def test_options_equal_but_of_another_type_are_not_confused() -> None:
-    """``1 == True``: a cached protection parsed from one must not answer for the other."""
-    assert protection({"required": True}).policy.required is True
-    with pytest.raises(OptionError):
-        protection({"required": 1})
+class EitherRequired(IdempotencyMixin, APIView):
+    """``required`` is True, or 1 for a client that sends ``X-Number``."""
+
+    authentication_classes: list[type[BaseAuthentication]] = []
+    permission_classes: list[type[BasePermission]] = []
+
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"required": 1 if "X-Number" in self.request.headers else True}
+
+    def post(self, request: Request) -> Response:
+        return create(request)
+
+
+def test_options_equal_but_of_another_type_are_not_confused(
+    client: Client, serve: Callable[..., str]
+) -> None:
+    """``1 == True``: the protection parsed from one, kept for the requests
+    that return the same options, must not answer for the other."""
+    url = serve(EitherRequired.as_view())
+
+    problem(send(client, url, key=None), 400, "idempotency_key_missing")
+    with pytest.raises(
+        OptionError, match=r"EitherRequired\.get_idempotency_options\(\)\['required'\]"
+    ):
+        send(client, url, key=None, headers={"X-Number": "1"})
 
 
 # -- the default scope and request.auth ---------------------------------------------------------
@@ -617,14 +638,11 @@ class PerAction(IdempotencyMixin, ModelViewSet[Order]):
     serializer_class = OrderSerializer
     authentication_classes: list[type[BaseAuthentication]] = []
 
-    def get_idempotency_required(self) -> bool:
-        return self.action == "create"
-
-    def get_idempotency_ttl(self) -> object:
-        return UNSET  # the setting's
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"required": self.action == "create", "ttl": UNSET}  # the setting's ttl
 
 
-def test_options_decided_per_request_by_getters(client: Client, serve: Callable[..., str]) -> None:
+def test_options_decided_per_request(client: Client, serve: Callable[..., str]) -> None:
     url = serve(PerAction.as_view({"post": "create"}), route="orders/")
     detail = serve(PerAction.as_view({"put": "update"}), route="orders/<int:pk>/")
     problem(send(client, url, key=None), 400, "idempotency_key_missing")

@@ -138,7 +138,7 @@ STORMS = [
     pytest.param("/slow/orders/conflict/?delay=0.3", "conflict", id="on_conflict-409"),
     pytest.param("/slow/orders/?delay=0.3", "wait", id="on_conflict-wait"),
     # The same through DRF: IdempotencyMixin on a CreateAPIView, whose
-    # on_conflict is decided per request by get_idempotency_on_conflict().
+    # on_conflict is decided per request by get_idempotency_options().
     pytest.param("/api/slow/orders/?delay=0.3", "conflict", id="drf-on_conflict-409"),
     pytest.param("/api/slow/orders/?delay=0.3&wait=1", "wait", id="drf-on_conflict-wait"),
 ]

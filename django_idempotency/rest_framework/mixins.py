@@ -5,7 +5,11 @@ authenticated the request and checked permissions and throttles, so a
 request refused there claims nothing. ``finalize_response()`` completes the
 key with the response, stored once DRF rendered it; ``handle_exception()``
 releases it when the view raised something DRF does not turn into a
-response. Every decision is the engine's (:mod:`django_idempotency.engine`).
+response. Every decision is the exchange's (:mod:`django_idempotency.exchange`).
+
+Options are parsed once per view class (its ``idempotency_*`` attributes),
+once per ``as_view()`` that sets some (``@action`` does), and once per
+distinct set of options returned by ``get_idempotency_options()``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class _Unset:
 UNSET: Final = _Unset()
 
 ATTRIBUTE_PREFIX = "idempotency_"
+
+#: The prefix of the per-option methods of earlier versions, refused when
+#: the class is defined (get_idempotency_options() decides per request).
 GETTER_PREFIX = "get_idempotency_"
 
 
@@ -70,8 +77,8 @@ class IdempotencyMixin(_Base):
     List it before the view class: ``class Orders(IdempotencyMixin,
     ModelViewSet)``. Every per-view option of ``@idempotent`` is a class
     attribute named ``idempotency_<option>`` (``idempotency_ttl = 3600``),
-    also accepted by ``as_view()`` and ``@action(...)``, and may be decided
-    per request by a method ``get_idempotency_<option>()``. Attributes left
+    also accepted by ``as_view()`` and ``@action(...)``. Options decided per
+    request come from :meth:`get_idempotency_options`. Attributes left
     ``UNSET`` take the ``IDEMPOTENCY`` setting.
     """
 
@@ -98,15 +105,15 @@ class IdempotencyMixin(_Base):
     idempotency_max_body_size: int | _Unset = UNSET
     idempotency_atomic: bool | _Unset = UNSET
 
+    #: The protection of the view's own options: those of its class, set
+    #: when the class is made, or with those ``as_view()`` was given.
+    _idempotency_protection: ClassVar[Idempotency]
+
     #: The exchange of the claim this request owns, from ``initial()``
     #: until the key is completed or released.
     _idempotency_exchange: Exchange | None = None
 
-    #: Whether the options are decided per request, by methods that may read
-    #: the request (set for each subclass).
-    _idempotency_per_request: ClassVar[bool] = False
-
-    # -- checked when the class is defined and when as_view() is called ---------
+    # -- parsed when the class is defined and when as_view() is called ---------
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -117,76 +124,46 @@ class IdempotencyMixin(_Base):
                 f"as in class {cls.__name__}(IdempotencyMixin, APIView); after it, "
                 "DRF's stages run without the mixin's."
             )
-        # A misspelt option (idempotency_tll = 60) is refused here, when the
-        # class is defined, with the closest option's name, as the decorator
-        # refuses a misspelt keyword.
         for name in vars(cls):
-            for prefix in (ATTRIBUTE_PREFIX, GETTER_PREFIX):
-                option = name.removeprefix(prefix)
-                if (
-                    name.startswith(prefix)
-                    and option not in conf.PER_VIEW_OPTIONS
-                    and name != "get_idempotency_options"
-                ):
-                    raise TypeError(conf.unknown_option(option, _label(cls, prefix)))
-        cls._idempotency_parse(cls._idempotency_attributes(cls))
-        cls._idempotency_per_request = (
-            any(hasattr(cls, GETTER_PREFIX + name) for name in conf.PER_VIEW_OPTIONS)
-            or cls.get_idempotency_options is not IdempotencyMixin.get_idempotency_options
-            or cls.get_idempotency is not IdempotencyMixin.get_idempotency
-        )
+            # A misspelt option (idempotency_tll = 60) is refused here, when
+            # the class is defined, with the closest option's name, as the
+            # decorator refuses a misspelt keyword.
+            option = name.removeprefix(ATTRIBUTE_PREFIX)
+            if name.startswith(ATTRIBUTE_PREFIX) and option not in conf.PER_VIEW_OPTIONS:
+                raise TypeError(conf.unknown_option(option, _label(cls)))
+            if name.startswith(GETTER_PREFIX) and name != "get_idempotency_options":
+                raise TypeError(
+                    f"{cls.__qualname__}.{name}: options are decided per request by "
+                    f"get_idempotency_options(), as in: def get_idempotency_options(self): "
+                    f"return {{{name.removeprefix(GETTER_PREFIX)!r}: ...}}"
+                )
+        cls._idempotency_protection = Idempotency(_attributes(cls), label=_label(cls))
 
     @classmethod
     def as_view(cls, *args: Any, **initkwargs: Any) -> Any:
-        cls._idempotency_parse(
-            {
-                name.removeprefix(ATTRIBUTE_PREFIX): value
-                for name, value in initkwargs.items()
-                if name.startswith(ATTRIBUTE_PREFIX)
-            }
-        )
+        initkwargs.pop("_idempotency_protection", None)  # another as_view()'s
+        options = {
+            name.removeprefix(ATTRIBUTE_PREFIX): value
+            for name, value in initkwargs.items()
+            if name.startswith(ATTRIBUTE_PREFIX)
+        }
+        if options:
+            # Each route's view gets its protection as it gets its options:
+            # as an attribute set from initkwargs.
+            merged = {**_attributes(cls), **options}
+            initkwargs["_idempotency_protection"] = Idempotency(merged, label=_label(cls))
         return super().as_view(*args, **initkwargs)
-
-    @classmethod
-    def _idempotency_parse(cls, options: Mapping[str, Any]) -> None:
-        conf.parse_overrides(options, _label(cls))
-
-    @staticmethod
-    def _idempotency_attributes(source: object) -> dict[str, Any]:
-        """The ``idempotency_*`` values of a view class or instance. They are
-        read from the instance's own attributes (``as_view()`` and ``@action``
-        set those) or from the class, never through the instance: a function
-        given as an option is not turned into a method of the view."""
-        cls = source if isinstance(source, type) else type(source)
-        own = {} if isinstance(source, type) else vars(source)
-        options = {}
-        for name in conf.PER_VIEW_OPTIONS:
-            attribute = ATTRIBUTE_PREFIX + name
-            value = own[attribute] if attribute in own else getattr(cls, attribute, UNSET)
-            if value is not UNSET:
-                options[name] = value
-        return options
 
     # -- per request ----------------------------------------------------------------
 
-    def get_idempotency_options(self) -> dict[str, Any]:
-        """The options of this request: each ``get_idempotency_<option>()``
-        method's answer, else the ``idempotency_<option>`` attribute (set on
-        the class, by ``as_view()`` or by ``@action``), unless ``UNSET``."""
-        options = self._idempotency_attributes(self)
-        for name in conf.PER_VIEW_OPTIONS:
-            getter = getattr(self, GETTER_PREFIX + name, None)
-            if getter is not None:
-                value = getter()
-                if value is UNSET:
-                    options.pop(name, None)
-                else:
-                    options[name] = value
-        return options
+    def get_idempotency_options(self) -> Mapping[str, Any]:
+        """Options of this request, over the view's own: ``{}`` here.
 
-    def get_idempotency(self) -> Idempotency:
-        """The protection of this request, from :meth:`get_idempotency_options`."""
-        return protection(self.get_idempotency_options(), type(self))
+        Override it to decide options per request, from ``self.request``
+        (authenticated by then, its data parsed on demand) or
+        ``self.action``; ``UNSET`` as a value leaves that option to the
+        setting. The options are parsed once per distinct set returned."""
+        return {}
 
     # -- DRF's stages ---------------------------------------------------------------
 
@@ -194,11 +171,7 @@ class IdempotencyMixin(_Base):
         self._idempotency_exchange = None
         idempotency = None
         if self._idempotency_handled(request):
-            if self._idempotency_per_request:
-                # The getters may read request.data, which consumes the
-                # stream: keep the body's bytes for the fingerprint first.
-                _keep_body(request)
-            idempotency = self.get_idempotency()
+            idempotency = view_protection(self, request)
             if protects(request, idempotency.policy):
                 # An authentication or permission class that reads
                 # request.data would otherwise consume the stream first.
@@ -245,13 +218,45 @@ class IdempotencyMixin(_Base):
         return method in self.http_method_names and hasattr(self, method)
 
 
-def _label(cls: type | None, prefix: str = ATTRIBUTE_PREFIX) -> conf.Label:
+def view_protection(view: IdempotencyMixin, request: Request | None = None) -> Idempotency:
+    """The protection of ``view``'s current request: the view's own, or,
+    when its class overrides ``get_idempotency_options()``, that one's
+    options over it (``request``: read the body into memory first, since
+    they may parse it)."""
+    own = view._idempotency_protection
+    if type(view).get_idempotency_options is IdempotencyMixin.get_idempotency_options:
+        return own
+    if request is not None:
+        # The options may read request.data, which consumes the stream:
+        # keep the body's bytes for the fingerprint first.
+        _keep_body(request)
+    options = view.get_idempotency_options()
+    if not options:
+        return own
+    return _per_request(own, options, type(view))
+
+
+def _attributes(cls: type) -> dict[str, Any]:
+    """The ``idempotency_*`` options set on ``cls``, read from the class,
+    never through an instance: a function given as an option is not turned
+    into a method of the view."""
+    options = {}
+    for name in conf.PER_VIEW_OPTIONS:
+        value = getattr(cls, ATTRIBUTE_PREFIX + name, UNSET)
+        if value is not UNSET:
+            options[name] = value
+    return options
+
+
+def _label(cls: type, prefix: str = ATTRIBUTE_PREFIX) -> conf.Label:
     """How the view class ``cls`` spells an option in error messages:
-    ``OrderViewSet.idempotency_ttl`` (or ``.get_idempotency_ttl``); without
-    a class, as the decorator's keyword."""
-    if cls is None:
-        return conf.keyword_label
+    ``OrderViewSet.idempotency_ttl``."""
     return lambda name: f"{cls.__qualname__}.{prefix}{name}"
+
+
+def _options_label(cls: type) -> conf.Label:
+    """How options returned by ``get_idempotency_options()`` are named."""
+    return lambda name: f"{cls.__qualname__}.get_idempotency_options()[{name!r}]"
 
 
 def _keep_body(request: Request) -> None:
@@ -262,14 +267,13 @@ def _keep_body(request: Request) -> None:
         request.body  # noqa: B018
 
 
-# -- one Idempotency per distinct set of options -----------------------------------------------
+# -- one Idempotency per distinct set of per-request options ----------------------------
 
 
-def protection(options: Mapping[str, Any], view_class: type | None = None) -> Idempotency:
-    """The :class:`Idempotency` for ``options``, parsed once and shared by
-    every request with the same options (a bounded cache: options decided
-    per request by ``get_idempotency_*()`` may be new objects each time).
-    Errors name the options as attributes of ``view_class``, if given."""
+def _per_request(own: Idempotency, options: Mapping[str, Any], view_class: type) -> Idempotency:
+    """``options`` over the view's ``own`` protection, parsed once and shared
+    by every request with the same options (a bounded cache: options decided
+    per request may be new objects each time)."""
     try:
         # With each value's type: 1 == True and hash(1) == hash(True), but
         # they are not the same option value.
@@ -278,15 +282,25 @@ def protection(options: Mapping[str, Any], view_class: type | None = None) -> Id
         )
         hash(frozen)
     except TypeError:
-        return Idempotency(options, label=_label(view_class))
-    return _cached_protection(frozen, view_class)
+        return _merged(own, options, view_class)
+    return _cached_per_request(own, frozen, view_class)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_protection(
-    frozen: tuple[tuple[str, type, Hashable], ...], view_class: type | None
+def _cached_per_request(
+    own: Idempotency, frozen: tuple[tuple[str, type, Hashable], ...], view_class: type
 ) -> Idempotency:
-    return Idempotency({name: value for name, _, value in frozen}, label=_label(view_class))
+    return _merged(own, {name: value for name, _, value in frozen}, view_class)
+
+
+def _merged(own: Idempotency, options: Mapping[str, Any], view_class: type) -> Idempotency:
+    merged = dict(own.overrides)
+    for name, value in options.items():
+        if value is UNSET:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return Idempotency(merged, label=_options_label(view_class))
 
 
 def _hashable(value: Any) -> Any:

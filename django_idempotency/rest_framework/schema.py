@@ -66,7 +66,7 @@ from django_idempotency.keys import MAX_KEY_LENGTH
 from django_idempotency.policy import Policy
 from django_idempotency.responses import REPLAYED_HEADER
 from django_idempotency.rest_framework.exceptions import error_renderer
-from django_idempotency.rest_framework.mixins import IdempotencyMixin, protection
+from django_idempotency.rest_framework.mixins import IdempotencyMixin, view_protection
 
 PROBLEM_COMPONENT = "IdempotencyProblem"
 CODE_COMPONENT = "IdempotencyErrorCode"
@@ -148,11 +148,11 @@ def _handler(view: APIView, method: str) -> Callable[..., Any] | None:
 
 def _mixin_policy(view: IdempotencyMixin) -> Policy:
     try:
-        return view.get_idempotency().policy
+        return view_protection(view).policy
     except Exception:
-        # A get_idempotency_*() method that needs a real request (the
-        # schema's is a mock): the view's attributes still say what it protects.
-        return protection(IdempotencyMixin._idempotency_attributes(view), type(view)).policy
+        # get_idempotency_options() may need a real request (the schema's is
+        # a mock): the view's own options still say what it protects.
+        return view._idempotency_protection.policy
 
 
 def handler_protection(handler: Any) -> Idempotency | None:

@@ -58,8 +58,8 @@ class OrderViewSet(IdempotencyMixin, ModelViewSet[Order]):
 class SlowOrders(IdempotencyMixin, CreateAPIView[Order]):
     serializer_class = OrderSerializer
 
-    def get_idempotency_on_conflict(self) -> Any:
-        return "wait" if self.request.GET.get("wait") else 409
+    def get_idempotency_options(self) -> dict[str, Any]:
+        return {"on_conflict": "wait" if self.request.GET.get("wait") else 409}
 
     def perform_create(self, serializer: serializers.BaseSerializer[Order]) -> None:
         time.sleep(min(float(self.request.GET.get("delay", "0.3")), 5.0))
