@@ -45,6 +45,12 @@ class ViewAdapter:
         :attr:`request_class`, under ``protection``."""
         raise NotImplementedError
 
+    def decorated(self, view: Any, protection: Idempotency) -> None:
+        """Called with each view the decorator wrapped itself (whose
+        ``idempotency`` attribute is ``protection``), which may become one of
+        the framework's views later (such as a function that DRF's
+        ``@api_view`` is applied to next). Nothing here."""
+
 
 _adapters: list[ViewAdapter] = []
 _handled_requests: tuple[type, ...] = ()
@@ -78,6 +84,9 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
     ``IDEMPOTENCY`` setting, read when requests arrive.
     """
     overrides = conf.parse_overrides(options)
+    # One protection for every view this decorator wraps: method_decorator
+    # applies it anew on each call of the method.
+    protections: list[Idempotency] = []
 
     def decorator(view_func: ViewFunc) -> ViewFunc:
         if isinstance(view_func, type):
@@ -90,7 +99,9 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
             protected = adapter.protect(view_func, overrides)
             if protected is not None:
                 return protected  # type: ignore[no-any-return]
-        protection = Idempotency(overrides)
+        if not protections:
+            protections.append(Idempotency(overrides))
+        protection = protections[0]
         if iscoroutinefunction(view_func):
             if overrides.get("atomic"):
                 raise TypeError(
@@ -115,6 +126,8 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
                 return protection.handle(request, call)
 
         wrapper.idempotency = protection
+        for adapter in _adapters:
+            adapter.decorated(wrapper, protection)
         return wrapper  # type: ignore[no-any-return]
 
     if view is not None:

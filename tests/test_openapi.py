@@ -14,8 +14,9 @@ from django.urls import URLPattern, URLResolver, include, path
 from django.utils.decorators import method_decorator
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.decorators import action, api_view
+from rest_framework.decorators import action, api_view, schema
 from rest_framework.generics import CreateAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -397,6 +398,40 @@ def test_idempotent_on_one_method_of_an_api_view() -> None:
     assert "422" in post["responses"]
     assert headers(put) == []
     assert "422" not in put["responses"]
+
+
+class TaggedSchema(AutoSchema):
+    """A project's own schema class: every operation tagged "billing"."""
+
+    def get_tags(self) -> list[str]:
+        return ["billing"]
+
+
+class Billing(IdempotencyMixin, APIView):
+    schema = TaggedSchema()
+
+    @extend_schema(request=OrderSerializer, responses=CREATED)
+    def post(self, request: Request) -> Response:
+        return Response(status=201)
+
+
+def test_a_views_own_schema_class_keeps_its_say() -> None:
+    post = operation(Billing.as_view())
+    assert post["tags"] == ["billing"]
+    assert [h["name"] for h in headers(post)] == ["Idempotency-Key"]
+    assert "422" in post["responses"]
+
+
+@api_view(["POST"])
+@idempotent
+@schema(None)
+def hidden(request: Request) -> Response:
+    return Response(status=201)
+
+
+def test_a_function_left_out_of_the_schema_stays_out() -> None:
+    """DRF's ``@schema(None)`` below ``@idempotent`` still excludes the view."""
+    assert schema_of(path("hidden/", hidden), path("pay/", pay))["paths"].keys() == {"/pay/"}
 
 
 def test_options_decided_per_request() -> None:

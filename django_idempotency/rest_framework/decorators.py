@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponseBase
@@ -25,7 +26,11 @@ from rest_framework.views import APIView
 from django_idempotency.decorators import ViewAdapter, register_adapter
 from django_idempotency.engine import Idempotency
 from django_idempotency.rest_framework.exceptions import error_renderer
-from django_idempotency.rest_framework.mixins import ATTRIBUTE_PREFIX, IdempotencyMixin
+from django_idempotency.rest_framework.mixins import (
+    ATTRIBUTE_PREFIX,
+    IdempotencyMixin,
+    ProtectedSchema,
+)
 
 
 class RestFrameworkAdapter(ViewAdapter):
@@ -45,6 +50,21 @@ class RestFrameworkAdapter(ViewAdapter):
         self, protection: Idempotency, request: Any, call: Callable[[], HttpResponseBase]
     ) -> HttpResponseBase:
         return handle_in_view(protection, request, call)
+
+    def decorated(self, view: Any, protection: Idempotency) -> None:
+        # DRF's @api_view gives the view it makes the function's schema (as
+        # its @schema decorator sets it): the protection goes with it, for
+        # the OpenAPI schema. Not over a schema set below (@schema(None)).
+        if "schema" not in vars(view):
+            schema = self._schemas.get(protection)
+            if schema is None:
+                schema = self._schemas[protection] = ProtectedSchema(
+                    vars(APIView)["schema"], protection
+                )
+            view.schema = schema
+
+    #: One schema per protection: method_decorator decorates on every call.
+    _schemas: ClassVar[WeakKeyDictionary[Idempotency, ProtectedSchema]] = WeakKeyDictionary()
 
 
 def protect_as_view(view_func: Any, options: Mapping[str, Any]) -> Callable[..., Any]:

@@ -21,23 +21,24 @@ above ``@api_view`` makes one) whose method is in the view's ``methods``, and
 those whose handler is decorated by ``@idempotent`` (below ``@api_view``, or
 through ``method_decorator``).
 
-How, and why so. drf-spectacular documents an operation with the view's
-``schema`` (an ``AutoSchema``), which ``@extend_schema`` and projects
-customise by subclassing; the only hook that reaches every view without a
-setting is an ``OpenApiViewExtension``, which replaces the view class for the
-generation. A replacement whose ``schema`` is simply another class is not
-enough: for a method decorated with ``@extend_schema`` (most of them),
-drf-spectacular builds the operation's schema from the *original* view class
-and assigns it to the view, past the replacement. So the replacement's
-``schema`` is a descriptor that takes whatever schema the view gets, its
-class's or the one assigned for the method, and returns it with
+How, and why so: through public extension points only. drf-spectacular
+documents an operation with the view's ``schema``, DRF's own attribute,
+which ``@extend_schema`` and projects customise by subclassing. A protected
+view's ``schema`` is a :class:`~.mixins.ProtectedSchema`: the mixin has one,
+wrapping the schema the view's class would have (its own, the next class's,
+or the one drf-spectacular assigns to the view for a method decorated with
+``@extend_schema``); the DRF adapter puts one on each function
+``@idempotent`` wraps, which DRF's ``@api_view`` takes as the view's schema
+as it takes the one DRF's ``@schema`` sets. This module registers
+:func:`with_idempotency` with it, which returns that schema with
 :class:`IdempotencyAutoSchema` mixed in: the project's schema class,
 ``@extend_schema`` on the view and on its methods and actions all keep
-working, and only add to what the operation shows. drf-spectacular applies a
-single view extension per view, the one of highest priority: ours has the
-highest and builds on the replacement of the extension that would have been
-chosen without it, so a project's own view extensions still apply. Views
-without protection are not replaced.
+working, and only add to what the operation shows. For views whose handlers
+are decorated through ``method_decorator``, :class:`IdempotencyViewExtension`
+(a view extension, drf-spectacular's public registration) replaces the view
+for the generation by a subclass with such a schema; it has a priority below
+the default, so a project's own view extension for the same view wins.
+Views without protection are left as they are.
 
 drf-spectacular describes an operation by the first docstring among the
 view's classes, which for a view without one is the mixin's: the schema of
@@ -46,11 +47,8 @@ protected views skips it.
 
 from __future__ import annotations
 
-import inspect
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
-from weakref import WeakKeyDictionary
 
 from drf_spectacular.extensions import OpenApiViewExtension
 from drf_spectacular.openapi import AutoSchema
@@ -66,7 +64,12 @@ from django_idempotency.keys import MAX_KEY_LENGTH
 from django_idempotency.policy import Policy
 from django_idempotency.responses import REPLAYED_HEADER
 from django_idempotency.rest_framework.exceptions import error_renderer
-from django_idempotency.rest_framework.mixins import IdempotencyMixin, view_protection
+from django_idempotency.rest_framework.mixins import (
+    IdempotencyMixin,
+    ProtectedSchema,
+    schema_wrappers,
+    view_protection,
+)
 
 PROBLEM_COMPONENT = "IdempotencyProblem"
 CODE_COMPONENT = "IdempotencyErrorCode"
@@ -120,9 +123,13 @@ RETRY_AFTER_HEADER: dict[str, Any] = {
 # -- which operations are protected, and how ---------------------------------------------
 
 
-def operation_policy(view: APIView, method: str) -> Policy | None:
+def operation_policy(
+    view: APIView, method: str, handler_protection: Idempotency | None = None
+) -> Policy | None:
     """The policy protecting ``method`` on ``view`` (an instance made for the
-    schema), or None when the operation is not protected."""
+    schema), or None when the operation is not protected.
+    ``handler_protection``: that of the function behind an ``@api_view``
+    view, which its schema knows (see :class:`.mixins.ProtectedSchema`)."""
     method = method.upper()
     handler = _handler(view, method)
     if handler is None:
@@ -131,7 +138,7 @@ def operation_policy(view: APIView, method: str) -> Policy | None:
         policy = _mixin_policy(view)
         if method in policy.methods:
             return policy
-    decorated = handler_protection(handler)
+    decorated = handler_protection or protection_of(handler)
     if decorated is not None and method in decorated.policy.methods:
         return decorated.policy
     return None
@@ -155,14 +162,10 @@ def _mixin_policy(view: IdempotencyMixin) -> Policy:
         return view._idempotency_protection.policy
 
 
-def handler_protection(handler: Any) -> Idempotency | None:
-    """The protection of a handler decorated by ``@idempotent``, or None."""
-    function = getattr(handler, "__func__", handler)
-    if inspect.isfunction(function) and function.__module__ == "rest_framework.decorators":
-        # The handler that @api_view puts on its view class calls the
-        # decorated function, held in its closure.
-        handler = inspect.getclosurevars(function).nonlocals.get("func")
-    found = getattr(handler, "idempotency", None)
+def protection_of(handler: Any) -> Idempotency | None:
+    """The protection of a handler decorated by ``@idempotent`` (through
+    ``method_decorator``, which keeps the decorator's attributes), or None."""
+    found = getattr(getattr(handler, "__func__", handler), "idempotency", None)
     return found if isinstance(found, Idempotency) else None
 
 
@@ -170,7 +173,7 @@ def is_protected(view_class: type[APIView], handler_names: Iterable[str]) -> boo
     """Whether ``view_class`` protects any operation: it has the mixin, or
     one of its handlers is decorated."""
     return issubclass(view_class, IdempotencyMixin) or any(
-        handler_protection(getattr(view_class, name, None)) is not None for name in handler_names
+        protection_of(getattr(view_class, name, None)) is not None for name in handler_names
     )
 
 
@@ -183,6 +186,8 @@ class IdempotencyAutoSchema(AutoSchema):
     by :class:`IdempotencyViewExtension`; may also be used as a base class."""
 
     _idempotency_policy: Policy | None = None
+    #: The protection of the function behind an ``@api_view`` view.
+    _idempotency_handler: Idempotency | None = None
 
     def get_operation(
         self,
@@ -192,7 +197,9 @@ class IdempotencyAutoSchema(AutoSchema):
         method: str,
         registry: ComponentRegistry,
     ) -> dict[str, Any] | None:
-        self._idempotency_policy = policy = operation_policy(self.view, method)
+        self._idempotency_policy = policy = operation_policy(
+            self.view, method, self._idempotency_handler
+        )
         operation: dict[str, Any] | None = super().get_operation(
             path, path_regex, path_prefix, method, registry
         )
@@ -342,10 +349,10 @@ def _duration(seconds: float) -> str:
 # -- the schema, mixed into the view's ---------------------------------------------------------
 
 #: The schema class made for each base, once.
-_schema_classes: dict[type[AutoSchema], type[AutoSchema]] = {}
+_schema_classes: dict[type[AutoSchema], type[IdempotencyAutoSchema]] = {}
 
 
-def _schema_class(base: type[AutoSchema]) -> type[AutoSchema]:
+def _schema_class(base: type[AutoSchema]) -> type[IdempotencyAutoSchema]:
     if issubclass(base, IdempotencyAutoSchema):
         return base
     made = _schema_classes.get(base)
@@ -355,11 +362,18 @@ def _schema_class(base: type[AutoSchema]) -> type[AutoSchema]:
     return made
 
 
-def with_idempotency(inspector: AutoSchema, view: Any) -> AutoSchema:
-    """``inspector``, drf-spectacular's schema of ``view`` (an instance, or
-    None when read from the class), with :class:`IdempotencyAutoSchema` mixed
-    in: a copy of it, of a class made from its own."""
+def with_idempotency(inspector: Any, view: Any, protection: Idempotency | None = None) -> Any:
+    """``inspector``, the schema drf-spectacular would use for ``view`` (an
+    instance, or None when read from the class), with
+    :class:`IdempotencyAutoSchema` mixed in: a copy of it, of a class made
+    from its own. Registered with :data:`.mixins.schema_wrappers`, which
+    every protected view's ``schema`` passes through."""
     if isinstance(inspector, IdempotencyAutoSchema):
+        # Assigned to the view by drf-spectacular, of a class made from ours.
+        if protection is not None:
+            inspector._idempotency_handler = protection
+        return inspector
+    if not isinstance(inspector, AutoSchema):
         return inspector
     # inspector.__class__ and vars(): inspector may be a weakref proxy, as the
     # schemas drf-spectacular assigns to views for decorated methods are.
@@ -367,87 +381,44 @@ def with_idempotency(inspector: AutoSchema, view: Any) -> AutoSchema:
     schema = cls.__new__(cls)
     vars(schema).update(vars(inspector))
     schema.view = view
+    schema._idempotency_handler = protection
     return schema
 
 
-class _SchemaDescriptor:
-    """The ``schema`` of a protected view during the generation: the one the
-    view would have, its class's or the one assigned to it for a decorated
-    method, with :class:`IdempotencyAutoSchema` mixed in."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.assigned: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
-
-    def __get__(self, instance: Any, owner: type[Any]) -> Any:
-        if instance is None:
-            return self._inner(None, owner)
-        if instance in self.assigned:
-            schema = self.assigned[instance]
-        else:
-            schema = self._inner(instance, owner)
-        return with_idempotency(schema, instance) if isinstance(schema, AutoSchema) else schema
-
-    def __set__(self, instance: Any, value: Any) -> None:
-        # As DRF's ViewInspector does.
-        self.assigned[instance] = value
-        if value is not None:
-            value.view = instance
-
-    def _inner(self, instance: Any, owner: type[Any]) -> Any:
-        get = getattr(type(self.inner), "__get__", None)
-        return self.inner if get is None else get(self.inner, instance, owner)
+schema_wrappers.append(with_idempotency)
 
 
-def _static_schema(view_class: type[APIView]) -> Any:
-    for cls in view_class.__mro__:
-        if "schema" in vars(cls):
-            return vars(cls)["schema"]
-    return None
+class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
+    """Replaces each view whose handlers ``@idempotent`` protects through
+    ``method_decorator``, for the schema generation only, by a subclass
+    whose ``schema`` documents the protection (views with the mixin, and
+    ``@api_view`` functions, have such a schema already).
 
-
-class IdempotencyViewExtension(OpenApiViewExtension):
-    """Replaces each protected view, for the schema generation only, by a
-    subclass whose ``schema`` documents the protection."""
+    Its priority is below the default: a project's own view extension for
+    such a view is chosen instead (drf-spectacular applies one per view)."""
 
     target_class = APIView
     match_subclasses = True
-    # Chosen before any other view extension, and built on the one that would
-    # have been chosen instead (see the module's docstring).
-    priority = sys.maxsize
+    priority = -1
 
     #: The replacement made for each view class, once: drf-spectacular tells
     #: views apart by their class.
     _replacements: ClassVar[dict[type[APIView], type[APIView]]] = {}
 
     def view_replacement(self) -> type[APIView]:
-        original: type[APIView] = self.target
-        view_class = self._next_replacement()
+        view_class: type[APIView] = self.target
         actions = getattr(self.target_callback, "actions", None)
         handler_names = actions.values() if actions else view_class.http_method_names
-        if not is_protected(view_class, handler_names):
+        if issubclass(view_class, IdempotencyMixin) or not is_protected(view_class, handler_names):
             return view_class
         replacement = self._replacements.get(view_class)
         if replacement is None:
             namespace = {
-                "schema": _SchemaDescriptor(_static_schema(view_class)),
+                "schema": ProtectedSchema(),
                 "__module__": view_class.__module__,
                 "__qualname__": view_class.__qualname__,
                 "__doc__": view_class.__doc__,
             }
             replacement = type(view_class.__name__, (view_class,), namespace)
-            if view_class is original:  # others' replacements may be new classes each time
-                self._replacements[view_class] = replacement
+            self._replacements[view_class] = replacement
         return replacement
-
-    def _next_replacement(self) -> type[APIView]:
-        """The view class the other view extensions make of this one."""
-        extensions = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
-        for extension in extensions:
-            if not issubclass(extension, IdempotencyViewExtension) and extension._matches(
-                self.target
-            ):
-                other = extension(self.target_callback)  # type: ignore[no-untyped-call]
-                return other.view_replacement()
-        target: type[APIView] = self.target
-        return target
