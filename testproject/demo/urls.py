@@ -6,6 +6,7 @@ from django.conf import settings
 from django.urls import URLPattern, URLResolver, include, path
 
 from demo import views
+from demo.rpc_api import rpc
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("orders/", views.create_order, name="orders"),
@@ -14,6 +15,9 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("slow/orders/", views.create_order_slowly, name="orders-slow"),
     path("slow/orders/conflict/", views.create_order_slowly_conflict, name="orders-slow-conflict"),
     path("short-lived/orders/", views.create_order_short_lived, name="orders-short-lived"),
+    # JSON-RPC, another framework, through an adapter of its own (demo.rpc_idempotency).
+    path("rpc/", rpc.view, name="rpc"),
+    path("async/rpc/", rpc.aview, name="rpc-async"),
 ]
 
 # Django REST framework endpoints, where it is installed; /api/ lists the router's.
