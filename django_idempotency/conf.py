@@ -53,14 +53,19 @@ class OptionError(ImproperlyConfigured, ValueError):
 # -- parsers: each takes a raw value and returns the normalised one ----------
 
 
+def _imported(path: str, what: str = "") -> Any:
+    """What the dotted ``path`` names; ``what`` says what it should be."""
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise OptionError(f"cannot import {what}{path!r}: {exc}") from exc
+
+
 def _callable(value: Any, *, optional: bool = False) -> Any:
     if value is None and optional:
         return None
     if isinstance(value, str):
-        try:
-            value = import_string(value)
-        except ImportError as exc:
-            raise OptionError(f"cannot import {value!r}: {exc}") from exc
+        value = _imported(value)
     if not callable(value):
         raise OptionError(f"expected a callable or a dotted path, got {value!r}")
     return value
@@ -156,10 +161,7 @@ def _storage(value: Any) -> Any:
     if value is None or isinstance(value, BaseStorage):
         return value
     if isinstance(value, str):
-        try:
-            cls = import_string(value)
-        except ImportError as exc:
-            raise OptionError(f"cannot import storage {value!r}: {exc}") from exc
+        cls = _imported(value, "storage ")
         if not (isinstance(cls, type) and issubclass(cls, BaseStorage)):
             raise OptionError(f"{value!r} is not a subclass of BaseStorage")
         return value

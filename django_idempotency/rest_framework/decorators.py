@@ -29,8 +29,8 @@ from django_idempotency.rest_framework.exceptions import error_renderer
 from django_idempotency.rest_framework.mixins import (
     ATTRIBUTE_PREFIX,
     IdempotencyMixin,
-    ProtectedSchema,
 )
+from django_idempotency.rest_framework.view_schema import ProtectedSchema
 
 
 class RestFrameworkAdapter(ViewAdapter):

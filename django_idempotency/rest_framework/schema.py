@@ -24,7 +24,7 @@ through ``method_decorator``).
 How, and why so: through public extension points only. drf-spectacular
 documents an operation with the view's ``schema``, DRF's own attribute,
 which ``@extend_schema`` and projects customise by subclassing. A protected
-view's ``schema`` is a :class:`~.mixins.ProtectedSchema`: the mixin has one,
+view's ``schema`` is a :class:`~.view_schema.ProtectedSchema`: the mixin has one,
 wrapping the schema the view's class would have (its own, the next class's,
 or the one drf-spectacular assigns to the view for a method decorated with
 ``@extend_schema``); the DRF adapter puts one on each function
@@ -66,10 +66,9 @@ from django_idempotency.responses import REPLAYED_HEADER
 from django_idempotency.rest_framework.exceptions import error_renderer
 from django_idempotency.rest_framework.mixins import (
     IdempotencyMixin,
-    ProtectedSchema,
-    schema_wrappers,
     view_protection,
 )
+from django_idempotency.rest_framework.view_schema import ProtectedSchema, schema_wrappers
 
 PROBLEM_COMPONENT = "IdempotencyProblem"
 CODE_COMPONENT = "IdempotencyErrorCode"
@@ -129,7 +128,7 @@ def operation_policy(
     """The policy protecting ``method`` on ``view`` (an instance made for the
     schema), or None when the operation is not protected.
     ``handler_protection``: that of the function behind an ``@api_view``
-    view, which its schema knows (see :class:`.mixins.ProtectedSchema`)."""
+    view, which its schema knows (see :class:`.view_schema.ProtectedSchema`)."""
     method = method.upper()
     handler = _handler(view, method)
     if handler is None:
@@ -366,7 +365,7 @@ def with_idempotency(inspector: Any, view: Any, protection: Idempotency | None =
     """``inspector``, the schema drf-spectacular would use for ``view`` (an
     instance, or None when read from the class), with
     :class:`IdempotencyAutoSchema` mixed in: a copy of it, of a class made
-    from its own. Registered with :data:`.mixins.schema_wrappers`, which
+    from its own. Registered with :data:`.view_schema.schema_wrappers`, which
     every protected view's ``schema`` passes through."""
     if isinstance(inspector, IdempotencyAutoSchema):
         # Assigned to the view by drf-spectacular, of a class made from ours.
