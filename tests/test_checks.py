@@ -230,6 +230,16 @@ def test_e004_storage_options_the_class_rejects(settings: Any, options: dict[str
     assert "could not be created" in messages[0].msg
 
 
+def test_a_store_that_cannot_be_built_is_reported_once(settings: Any) -> None:
+    """``check --database`` runs both checks: E004 comes from the settings
+    check, and the server check, which cannot reach a store that is not
+    built, adds nothing (no second message, no traceback)."""
+    settings.IDEMPOTENCY = {"STORAGE_OPTIONS": {"DATABSE": "default"}}
+
+    assert checks.check_storage_servers(databases=["default"]) == []
+    assert _ids(checks.check_settings()) == ["django_idempotency.E004"]
+
+
 @RUNS_SYSTEM_CHECKS
 def test_e004_through_the_check_command(settings: Any) -> None:
     settings.IDEMPOTENCY = {"STORAGE": "no_such_module.Storage"}

@@ -10,15 +10,20 @@ error format.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.test import AsyncClient, Client
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.test import AsyncClient, Client, RequestFactory
 from helpers import asend, in_flight_claim, orders, replayed, send
 
 from demo.models import Order
 from demo.rpc_idempotency import Idempotent
+from django_idempotency import decorators
 from django_idempotency.conf import OptionError
+from django_idempotency.decorators import ViewAdapter, idempotent, register_adapter
+from django_idempotency.engine import Idempotency
 from django_idempotency.models import IdempotencyKey
 
 URL = "/rpc/"
@@ -102,3 +107,62 @@ def test_its_options_are_checked_when_the_method_is_defined() -> None:
         Idempotent(ttl=-1)
     with pytest.raises(TypeError, match=r"Did you mean Idempotent\(required=\.\.\.\)\?"):
         Idempotent(requried=True)
+
+
+# -- making @idempotent understand a framework: ViewAdapter ------------------------------------
+
+
+class FrameworkRequest:
+    """A framework's own request, which wraps Django's (as DRF's does)."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.django_request = request
+
+
+class FrameworkAdapter(ViewAdapter):
+    """Runs a decorated function that the framework calls with its request."""
+
+    request_class = FrameworkRequest
+
+    def __init__(self) -> None:
+        self.handled: list[FrameworkRequest] = []
+
+    def handle(
+        self, protection: Idempotency, request: Any, call: Callable[[], HttpResponseBase]
+    ) -> HttpResponseBase:
+        self.handled.append(request)
+        return protection.handle(request.django_request, call)
+
+
+@pytest.fixture
+def adapter(monkeypatch: pytest.MonkeyPatch) -> FrameworkAdapter:
+    """A FrameworkAdapter, registered for this test only."""
+    monkeypatch.setattr(decorators, "_adapters", list(decorators._adapters))
+    monkeypatch.setattr(decorators, "_handled_requests", decorators._handled_requests)
+    registered = FrameworkAdapter()
+    register_adapter(registered)
+    register_adapter(FrameworkAdapter())  # one per adapter class: ignored
+    return registered
+
+
+@pytest.mark.django_db
+def test_a_registered_adapter_runs_the_frameworks_requests(adapter: FrameworkAdapter) -> None:
+    @idempotent(scope_func=lambda request: "framework")
+    def create(request: Any) -> HttpResponseBase:
+        order = Order.objects.create(item="tea", quantity=1)
+        return JsonResponse({"id": order.pk}, status=201)
+
+    def framework_request() -> FrameworkRequest:
+        django_request = RequestFactory().post("/", b"{}", content_type="application/json")
+        django_request.META["HTTP_IDEMPOTENCY_KEY"] = "k"
+        return FrameworkRequest(django_request)
+
+    first = create(framework_request())
+    retry = create(framework_request())
+
+    assert len(adapter.handled) == 2
+    assert (first.status_code, replayed(first)) == (201, False)
+    assert (retry.status_code, replayed(retry)) == (201, True)
+    assert retry.content == first.content
+    assert orders() == 1
+    assert [type(a) for a in decorators._adapters].count(FrameworkAdapter) == 1

@@ -242,6 +242,16 @@ def test_check_reports_an_unknown_cache_alias() -> None:
     assert [message.id for message in messages] == ["django_idempotency.E020"]
 
 
+@pytest.mark.parametrize("alias", ["no-such-cache", "default"])  # none; LocMemCache
+def test_the_server_checks_of_a_cache_without_redis_add_nothing(alias: str) -> None:
+    """E020 and E021 are the configuration checks' to report; the server
+    checks (``check --database``) find no Redis to ask, and say nothing."""
+    store = RedisStorage(cache_alias=alias)
+
+    assert store.check(databases=["default"], servers_only=True) == []
+    assert len(store.check(databases=["default"])) == 1
+
+
 def test_check_reports_a_cache_that_is_not_django_redis() -> None:
     messages = RedisStorage(cache_alias="default").check()  # LocMemCache
 
