@@ -75,14 +75,14 @@ def check_storage_servers(
     databases (``check --database``, ``migrate``). Django 6.1 leaves out the
     database-tagged checks when none are given, but gives the other checks
     every alias; Django 5.2 and 6.0 run every check, with ``databases=None``."""
-    if not databases or conf.read_settings().problems:  # check_settings reports those
+    setting = conf.read_settings()
+    if not databases or setting.problems:  # check_settings reports those
         return []
     try:
         storage = get_storage()
     except Exception:  # check_settings reports it (E004)
         return []
-    atomic = conf.read_settings().values["atomic"]
-    return storage.check(atomic=atomic, databases=databases, servers_only=True)
+    return storage.check(atomic=setting.values["atomic"], databases=databases, servers_only=True)
 
 
 def safe_methods_warning(methods: list[str]) -> Warning:

@@ -84,11 +84,12 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
     ``IDEMPOTENCY`` setting, read when requests arrive.
     """
     overrides = conf.parse_overrides(options)
-    # One protection for every view this decorator wraps: method_decorator
-    # applies it anew on each call of the method.
-    protections: list[Idempotency] = []
+    # One protection for every view this decorator wraps, made with the
+    # first: method_decorator applies the decorator on each call of the method.
+    protection: Idempotency | None = None
 
     def decorator(view_func: ViewFunc) -> ViewFunc:
+        nonlocal protection
         if isinstance(view_func, type):
             raise TypeError(
                 f"idempotent() decorates view functions, not the class {view_func.__name__}: "
@@ -96,12 +97,12 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
                 "django_idempotency.rest_framework.IdempotencyMixin."
             )
         for adapter in _adapters:
-            protected = adapter.protect(view_func, overrides)
-            if protected is not None:
-                return protected  # type: ignore[no-any-return]
-        if not protections:
-            protections.append(Idempotency(overrides))
-        protection = protections[0]
+            adapted = adapter.protect(view_func, overrides)
+            if adapted is not None:
+                return adapted  # type: ignore[no-any-return]
+        if protection is None:
+            protection = Idempotency(overrides)
+        protected = protection  # (for the closures below: never None)
         if iscoroutinefunction(view_func):
             if overrides.get("atomic"):
                 raise TypeError(
@@ -113,7 +114,7 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
             @wraps(view_func)
             async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
                 call = partial(view_func, request, *args, **kwargs)
-                return await protection.ahandle(request, call)
+                return await protected.ahandle(request, call)
 
             wrapper: Any = async_view
         else:
@@ -122,12 +123,12 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
             def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
                 call = partial(view_func, request, *args, **kwargs)
                 if isinstance(request, _handled_requests):
-                    return _adapter_of(request).handle(protection, request, call)
-                return protection.handle(request, call)
+                    return _adapter_of(request).handle(protected, request, call)
+                return protected.handle(request, call)
 
-        wrapper.idempotency = protection
+        wrapper.idempotency = protected
         for adapter in _adapters:
-            adapter.decorated(wrapper, protection)
+            adapter.decorated(wrapper, protected)
         return wrapper  # type: ignore[no-any-return]
 
     if view is not None:

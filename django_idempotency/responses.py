@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import cache
 from itertools import chain
 from typing import cast
 
@@ -68,7 +67,6 @@ SAFE_REPLAY_HEADERS = (
 NEVER_REPLAYED_HEADERS = frozenset({"content-length", "set-cookie"})
 
 
-@cache
 def replayable_headers(extra: tuple[str, ...] = ()) -> frozenset[str]:
     """The lower-case names of the headers stored with a body and replayed
     with it: :data:`SAFE_REPLAY_HEADERS` and ``extra`` (the
