@@ -37,6 +37,8 @@ DATABASE_SERVICES = {"postgresql": "postgresql", "mariadb": "mariadb"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The benchmark views' Redis keys, apart for each test process (demo/bench.py).
+    os.environ["IDEMPOTENCY_BENCH_REDIS_PREFIX"] = f"bench-test-{os.getpid()}"
     try:
         required = services.required()
     except ValueError as exc:

@@ -45,7 +45,7 @@ def bench(settings: Any) -> Iterator[Client]:
         from django_redis import get_redis_connection
 
         client = get_redis_connection("idempotency")
-        for redis_key in client.scan_iter(match="bench:*"):
+        for redis_key in client.scan_iter(match=f"{import_module(BENCH).REDIS_PREFIX}:*"):
             client.delete(redis_key)
 
 
@@ -109,6 +109,7 @@ def test_the_redis_floor_claims_and_completes_a_record(bench: Client, route: str
 
     response = _post(bench, route, key)
 
-    record = get_redis_connection("idempotency").hgetall(f"bench:floor:{key}")
+    prefix = import_module(BENCH).REDIS_PREFIX
+    record = get_redis_connection("idempotency").hgetall(f"{prefix}:floor:{key}")
     assert record[b"s"] == b"c"
     assert record[b"b"] == response.content

@@ -26,6 +26,7 @@ writes and the completion committed once: a design measured, not built.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -62,10 +63,16 @@ DOCUMENTS: dict[str, Callable[[Order], dict[str, Any]]] = {
 }
 
 
+#: The start of the Redis keys of these views: the benchmark's servers share
+#: "bench"; each test process has its own (tests/conftest.py), so that test
+#: runs side by side on one Redis never clear each other's records.
+REDIS_PREFIX = os.environ.get("IDEMPOTENCY_BENCH_REDIS_PREFIX", "bench")
+
+
 def _redis_storage() -> Any:
     from django_idempotency.storage import RedisStorage
 
-    return RedisStorage(cache_alias="idempotency", key_prefix="bench")
+    return RedisStorage(cache_alias="idempotency", key_prefix=REDIS_PREFIX)
 
 
 def _function_view(document: Callable[[Order], dict[str, Any]]) -> Callable[..., HttpResponse]:
@@ -131,7 +138,7 @@ def _floor_redis(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
             scripts.update(
                 claim=client.register_script(CLAIM), complete=client.register_script(COMPLETE)
             )
-        redis_key = f"bench:floor:{request.headers['Idempotency-Key']}"
+        redis_key = f"{REDIS_PREFIX}:floor:{request.headers['Idempotency-Key']}"
         token = new_token()
         scripts["claim"]([redis_key], (token, "f" * 64, 86_400_000, 10_000), client)
         response = view(request)
