@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from django_idempotency import conf
+from django_idempotency.middleware import IdempotencyMiddleware
 from django_idempotency.storage.configured import get_storage
 
 #: The methods RFC 9110 (section 9.2.1) defines as safe: they change nothing,
@@ -103,3 +106,76 @@ def safe_methods_warning(methods: list[str]) -> Warning:
         "'django_idempotency.W001' to SILENCED_SYSTEM_CHECKS.",
         id="django_idempotency.W001",
     )
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``IdempotencyMiddleware`` and ``PROTECTED_URLS``: E040 a middleware
+    whose ``process_view()`` comes after it, W040 ``PROTECTED_URLS`` without
+    the middleware, W042 a middleware whose ``process_exception()`` it
+    bypasses. The middleware without ``PROTECTED_URLS`` protects nothing, as
+    documented: a project may leave the list empty where it runs."""
+    setting = conf.read_settings()
+    if setting.problems:  # check_settings reports those
+        return []
+    urls = setting.values["protected_urls"]
+    classes = [(path, _imported(path)) for path in getattr(settings, "MIDDLEWARE", None) or ()]
+    ours = [i for i, (_, cls) in enumerate(classes) if _is_ours(cls)]
+    if not ours:
+        if not urls:
+            return []
+        return [
+            Warning(
+                f"{conf.SETTINGS_NAME}['PROTECTED_URLS'] is set, but IdempotencyMiddleware "
+                "is not in MIDDLEWARE: the URLs it names are not protected.",
+                hint=f"Add {_MIDDLEWARE!r} at the end of MIDDLEWARE.",
+                id="django_idempotency.W040",
+            )
+        ]
+    messages: list[CheckMessage] = []
+    after = [path for path, cls in classes[ours[0] + 1 :] if hasattr(cls, "process_view")]
+    if after:
+        messages.append(
+            Error(
+                f"IdempotencyMiddleware comes before {_listed(after)} in MIDDLEWARE, whose "
+                "process_view() would then not run for the requests it protects: it calls "
+                "their views itself.",
+                hint=f"Move {_MIDDLEWARE!r} after {_listed(after)}, to the end of MIDDLEWARE.",
+                id="django_idempotency.E040",
+            )
+        )
+    catching = [path for path, cls in classes if hasattr(cls, "process_exception")]
+    if catching:
+        messages.append(
+            Warning(
+                f"The process_exception() of {_listed(catching)} does not see the "
+                "exceptions raised by the views IdempotencyMiddleware protects: they go "
+                "to Django's own handling (handler404, handler500, got_request_exception).",
+                hint="Protect the views whose exceptions it must see with @idempotent "
+                "(the middleware leaves them to it), or add 'django_idempotency.W042' to "
+                "SILENCED_SYSTEM_CHECKS.",
+                id="django_idempotency.W042",
+            )
+        )
+    return messages
+
+
+_MIDDLEWARE = "django_idempotency.middleware.IdempotencyMiddleware"
+
+
+def _imported(path: str) -> Any:
+    """The middleware at ``path``, or None where it does not import (Django
+    says so when it loads the middleware)."""
+    try:
+        return import_string(path)
+    except ImportError:
+        return None
+
+
+def _is_ours(middleware: Any) -> bool:
+    return isinstance(middleware, type) and issubclass(middleware, IdempotencyMiddleware)
+
+
+def _listed(paths: list[str]) -> str:
+    names = [p.rsplit(".", 1)[-1] for p in paths]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

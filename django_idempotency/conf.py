@@ -31,6 +31,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from django_idempotency.routes import ProtectedUrls, entry_problem
 from django_idempotency.storage.base import BaseStorage
 
 SETTINGS_NAME = "IDEMPOTENCY"
@@ -176,6 +177,22 @@ def _storage_options(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _protected_urls(value: Any) -> ProtectedUrls:
+    if isinstance(value, ProtectedUrls):
+        return value
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise OptionError(
+            "expected a list of namespaces ('payments:'), URL names ('payments:charge') "
+            f"and paths ('/api/'), got {value!r}"
+        )
+    entries = tuple(value)
+    for entry in entries:
+        problem = entry_problem(entry)
+        if problem:
+            raise OptionError(problem)
+    return ProtectedUrls.from_entries(entries)
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -215,12 +232,15 @@ OPTIONS: dict[str, Option] = {
         Option("fail_open", False, _bool),
         Option("max_body_size", 1024 * 1024, _size),
         Option("atomic", False, _bool),
+        # What IdempotencyMiddleware protects: nothing unless set.
+        Option("protected_urls", (), _protected_urls, per_view=False),
     )
 }
 
 SETTING_NAMES = frozenset(option.setting for option in OPTIONS.values())
 
-#: The options a view may set for itself (all but ``storage_options``).
+#: The options a view may set for itself (all but ``storage_options`` and
+#: ``protected_urls``).
 PER_VIEW_OPTIONS = tuple(name for name, option in OPTIONS.items() if option.per_view)
 
 

@@ -45,6 +45,13 @@ class ViewAdapter:
         :attr:`request_class`, under ``protection``."""
         raise NotImplementedError
 
+    def protects_itself(self, view: Any, method: str) -> bool:
+        """Whether ``view``, a Django view of the framework's, protects its
+        ``method`` requests itself (a DRF view with the mixin), so that
+        :class:`~django_idempotency.middleware.IdempotencyMiddleware` leaves
+        them to it. False here."""
+        return False
+
     def decorated(self, view: Any, protection: Idempotency) -> None:
         """Called with each view the decorator wrapped itself (whose
         ``idempotency`` attribute is ``protection``), which may become one of
@@ -139,6 +146,40 @@ def idempotent(view: Any = None, /, **options: Any) -> Any:
             )
         return decorator(view)
     return decorator
+
+
+def idempotency_exempt(view: ViewFunc) -> ViewFunc:
+    """Leave ``view`` out of what
+    :class:`~django_idempotency.middleware.IdempotencyMiddleware` protects.
+
+    Decorate a function view, the result of ``as_view()``, or a view class
+    (a Django or DRF class-based view, a viewset). Like ``csrf_exempt``, it
+    marks the view and changes nothing else."""
+    view.idempotency_exempt = True  # type: ignore[attr-defined]
+    return view
+
+
+def protects_itself(view: Any, method: str) -> bool:
+    """Whether ``view`` (as URL resolution returns it) runs a protection of
+    its own for ``method`` requests: ``@idempotent`` on it, on its class's
+    ``dispatch()`` or on the handler of the method (``method_decorator``),
+    or a framework's own (:meth:`ViewAdapter.protects_itself`)."""
+    if getattr(view, "idempotency", None) is not None:
+        return True
+    view_class = getattr(view, "view_class", None)
+    handler = getattr(view_class, method.lower(), None)
+    if getattr(handler, "idempotency", None) is not None:
+        return True
+    return any(adapter.protects_itself(view, method) for adapter in _adapters)
+
+
+def exempt(view: Any) -> bool:
+    """Whether ``view`` or its class is marked :func:`idempotency_exempt`."""
+    view_class = getattr(view, "view_class", None)
+    return bool(
+        getattr(view, "idempotency_exempt", False)
+        or getattr(view_class, "idempotency_exempt", False)
+    )
 
 
 def _adapter_of(request: Any) -> ViewAdapter:

@@ -73,9 +73,8 @@ def build_policy(overrides: Mapping[str, Any], label: conf.Label = conf.keyword_
     Raise ``OptionError`` for a problem of the setting, a lease that does
     not fit, or ``atomic`` with a store that cannot."""
     setting = conf.global_options()
-    values = {**setting, **overrides}
+    values = {name: setting[name] for name in conf.PER_VIEW_OPTIONS} | dict(overrides)
     values["lock_timeout"] = conf.resolve_lock_timeout(overrides, conf.read_settings(), label)
-    values.pop("storage_options")
     values["storage"] = get_storage(values["storage"])
     problem = conf.atomic_problem(values["storage"]) if values["atomic"] else None
     if problem:

@@ -223,7 +223,14 @@ def only_http_200(response: HttpResponseBase) -> bool:
 # -- the same view behind the DRF mixin ----------------------------------------------------------
 
 
-def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False) -> View:
+def drf_view(view: View) -> View:
+    """``view`` served by a plain DRF ``APIView`` (no mixin), for every method."""
+    return drf_protected(view, {}, mixin=False)
+
+
+def drf_protected(
+    view: View, options: dict[str, Any], *, viewset: bool = False, mixin: bool = True
+) -> View:
     """``view`` served by a DRF view with ``IdempotencyMixin`` and ``options``.
 
     As an ``APIView`` (the default), the options are ``idempotency_*`` class
@@ -231,7 +238,8 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
     come from ``get_idempotency_options()``, and its actions (create,
     update, partial_update, destroy, list) call ``view``. ``view`` gets DRF's request,
     which has everything the helpers' views read. Anyone may call it; the
-    session authenticates ``client.force_login()`` users.
+    session authenticates ``client.force_login()`` users. ``mixin=False``:
+    the ``APIView`` without the mixin (and without options).
     """
     from rest_framework.authentication import SessionAuthentication
     from rest_framework.permissions import AllowAny
@@ -252,7 +260,8 @@ def drf_protected(view: View, options: dict[str, Any], *, viewset: bool = False)
             attributes[method] = handler
         for name, value in options.items():
             attributes[f"idempotency_{name}"] = value
-        return type("Endpoint", (IdempotencyMixin, APIView), attributes).as_view()  # type: ignore[no-any-return]
+        bases = (IdempotencyMixin, APIView) if mixin else (APIView,)
+        return type("Endpoint", bases, attributes).as_view()  # type: ignore[no-any-return]
 
     actions = {"get": "list", "post": "create", "put": "update", "patch": "partial_update"}
     actions["delete"] = "destroy"

@@ -74,6 +74,9 @@ def keys_sent(output: str) -> list[str]:
 #: What step 7 (Django REST framework) answers, where DRF is installed.
 DRF_ANSWERS = [(201, False), (201, True), (422, False)] if django_settings.HAS_DRF else []
 DRF_DELTAS = [1, 0, 0] if django_settings.HAS_DRF else []
+#: What step 8 (the middleware's shop) answers: created, replayed.
+SHOP_ANSWERS = [(201, False), (201, True)]
+SHOP_DELTAS = [1, 0]
 
 
 def tutorial_summaries() -> list[str]:
@@ -109,6 +112,7 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
         (201, True),  # 5. replayed before it expires
         (201, False),  # 5. after expiry: runs again
         *DRF_ANSWERS,  # 7. the DRF viewset: created, replayed, mismatch
+        *SHOP_ANSWERS,  # 8. the middleware's shop: created, replayed
     ]
     first, replay, mismatch, in_use, slow, slow_replay, short, short_replay, expired = seen[:9]
     assert replay.body == first.body
@@ -123,23 +127,25 @@ def test_walkthrough_shows_every_answer_and_one_order_per_view_run() -> None:
     assert '"code": "idempotency_key_in_use"' in in_use.body
 
     # One count after each answer; the 409 comes before the first request's order.
-    assert order_deltas(output) == [1, 0, 0, 0, 1, 0, 1, 0, 1, *DRF_DELTAS]
+    assert order_deltas(output) == [1, 0, 0, 0, 1, 0, 1, 0, 1, *DRF_DELTAS, *SHOP_DELTAS]
     assert "1 expired key would be deleted (dry run)." in output
     assert "Deleted 1 expired key in 1 batch." in output
     drf = 1 if django_settings.HAS_DRF else 0
     assert output.rstrip().endswith(
-        f"{9 + 3 * drf} requests sent; the views ran {4 + drf} times and created {4 + drf} orders."
+        f"{11 + 3 * drf} requests sent; the views ran {5 + drf} times and created {5 + drf} orders."
     )
     assert_quoted_by_tutorial(output)
     assert LOG_ID_NOTE in output.splitlines()
 
     assert sorted(Order.objects.values_list("item", flat=True)) == sorted(
-        ["coffee", "croissant", "croissant", "espresso"] + ["flat white"] * drf
+        ["coffee", "croissant", "croissant", "espresso", "muffin"] + ["flat white"] * drf
     )
     # The purge removed the expired short-lived key; the others remain.
-    assert IdempotencyKey.objects.count() == 2 + drf
+    assert IdempotencyKey.objects.count() == 3 + drf
+    shop_created, shop_replay = seen[-2:]
+    assert shop_replay.body == shop_created.body
     if drf:
-        created, replay_api, mismatch_api = seen[9:]
+        created, replay_api, mismatch_api = seen[9:12]
         assert replay_api.body == created.body
         assert mismatch_api.headers["Content-Type"] == "application/problem+json"
         assert '"code": "idempotency_key_mismatch"' in mismatch_api.body
@@ -153,7 +159,7 @@ def test_without_rest_framework_step_7_says_how_to_see_it(settings: Any) -> None
     settings.HAS_DRF = False
     output = run_demo("--skip-slow")
     assert 'python -m pip install -e ".[drf]"' in output
-    assert [a.status for a in answers(output)] == [201, 201, 422]
+    assert [a.status for a in answers(output)] == [201, 201, 422, 201, 201]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -168,13 +174,14 @@ def test_each_run_uses_its_own_keys() -> None:
             (201, True),
             (422, False),
             *DRF_ANSWERS,
+            *SHOP_ANSWERS,
         ]
-        assert order_deltas(output) == [1, 0, 0, *DRF_DELTAS]
-        runs = "1 time and created 1 order" if not drf else "2 times and created 2 orders"
-        assert output.rstrip().endswith(f"{3 + 3 * drf} requests sent; the views ran {runs}.")
+        assert order_deltas(output) == [1, 0, 0, *DRF_DELTAS, *SHOP_DELTAS]
+        runs = f"{2 + drf} times and created {2 + drf} orders"
+        assert output.rstrip().endswith(f"{5 + 3 * drf} requests sent; the views ran {runs}.")
     assert_quoted_by_tutorial(first_run)
     assert set(keys_sent(first_run)).isdisjoint(keys_sent(second_run))
-    assert Order.objects.count() == 2 * (1 + drf)
+    assert Order.objects.count() == 2 * (2 + drf)
 
 
 def test_tutorial_quotes_one_summary_with_and_one_without_skip_slow() -> None:
@@ -205,9 +212,9 @@ def test_runs_on_a_fresh_sqlite_database(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    statuses = [201, 201, 422, *(status for status, _ in DRF_ANSWERS)]
+    statuses = [201, 201, 422, *(status for status, _ in DRF_ANSWERS + SHOP_ANSWERS)]
     assert [a.status for a in answers(result.stdout)] == statuses
-    assert order_deltas(result.stdout) == [1, 0, 0, *DRF_DELTAS]
+    assert order_deltas(result.stdout) == [1, 0, 0, *DRF_DELTAS, *SHOP_DELTAS]
     assert database.exists()
 
 

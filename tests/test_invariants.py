@@ -10,9 +10,13 @@ Each scenario runs on every combination of: the store (the database store on
 the default alias, on an alias a database router chooses, Redis), the mode
 (default, atomic), ``ATOMIC_REQUESTS`` off and on, ``CONN_MAX_AGE`` 0 and
 persistent (``None``), the WSGI and the ASGI handler, and the kind of view (a
-function view, a ``TemplateResponse``, a DRF view with the mixin). Atomic
-mode keeps its keys on the view's own database only, so it is combined with
-the default alias alone. Faults are made by the database itself: a trigger on
+function view, a ``TemplateResponse``, a DRF view), and how the view is
+protected: by ``@idempotent`` (the mixin for the DRF view), or by
+``IdempotencyMiddleware`` with the options in the setting (the view itself
+undecorated; a DRF view without the mixin). Atomic mode keeps its keys on
+the view's own database only, so it is combined with the default alias
+alone. The middleware is combined with one ``CONN_MAX_AGE``: connections
+are the store's business, not the protection's. Faults are made by the database itself: a trigger on
 the keys table fails the statement the scenario names.
 
 The tests commit for real (``transaction=True``): that is where transactions
@@ -37,7 +41,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from django.template import engines
 from django.template.response import TemplateResponse
 from django.test import AsyncClient, Client
-from helpers import drf_protected, orders, problem, replayed
+from helpers import View, drf_protected, drf_view, orders, problem, replayed
 
 from demo.models import Order
 from django_idempotency.decorators import idempotent
@@ -51,7 +55,10 @@ STORES = ("database", "router", "redis")
 MODES = ("default", "atomic")
 VIEWS = ("function", "template", "drf")
 HANDLERS = ("wsgi", "asgi")
+PROTECTIONS = ("decorator", "middleware")
 KEYS_TABLE = IdempotencyKey._meta.db_table
+
+Mount = Callable[["Setup", View, dict[str, Any]], str]
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Setup:
     conn_max_age: int | None
     handler: str
     view: str
+    protection: str
 
     @property
     def id(self) -> str:
@@ -73,6 +81,7 @@ class Setup:
                 "persistent" if self.conn_max_age is None else f"age{self.conn_max_age}",
                 self.handler,
                 self.view,
+                *(("middleware",) if self.protection == "middleware" else ()),
             )
         )
 
@@ -90,11 +99,14 @@ def setups(*, stores: tuple[str, ...] = STORES) -> list[Any]:
     if not project.HAS_REDIS:
         stores = tuple(store for store in stores if store != "redis")
     views = VIEWS if project.HAS_DRF else tuple(view for view in VIEWS if view != "drf")
-    combos = itertools.product(stores, MODES, (False, True), (0, None), HANDLERS, views)
+    combos = itertools.product(
+        stores, MODES, (False, True), (0, None), HANDLERS, views, PROTECTIONS
+    )
     return [
         pytest.param(Setup(*combo), id=Setup(*combo).id)
         for combo in combos
-        if combo[1] == "default" or combo[0] == "database"
+        if (combo[1] == "default" or combo[0] == "database")
+        and (combo[6] == "decorator" or combo[3] == 0)
     ]
 
 
@@ -175,7 +187,26 @@ class Behaviour:
 _TEMPLATE = engines["django"].from_string('{"id": {{ id }}, "item": "{{ item }}"}')
 
 
-def serve_view(serve: Callable[..., str], setup: Setup, store: Any, **options: Any) -> Behaviour:
+@pytest.fixture
+def mount(serve: Callable[..., str], settings: Any) -> Mount:
+    """``mount(setup, view, options)``: serve ``view`` protected with
+    ``options`` as the setup says, and return its URL."""
+
+    def protected(setup: Setup, view: View, options: dict[str, Any]) -> str:
+        if setup.protection == "decorator":
+            if setup.view == "drf":
+                return serve(drf_protected(view, options))
+            return serve(idempotent(**options)(view))
+        settings.IDEMPOTENCY = {
+            "PROTECTED_URLS": ["/endpoint/"],
+            **{name.upper(): value for name, value in options.items()},
+        }
+        return serve(drf_view(view) if setup.view == "drf" else view)
+
+    return protected
+
+
+def serve_view(mount: Mount, setup: Setup, store: Any, **options: Any) -> Behaviour:
     behaviour = Behaviour()
     # The faults here are made by triggers, which fail every attempt: a short
     # completion_timeout keeps the retries of a failed completion brief.
@@ -210,12 +241,8 @@ def serve_view(serve: Callable[..., str], setup: Setup, store: Any, **options: A
             raise ValidationError({"quantity": ["Order at least one."]})
         return Response({"id": order.pk, "item": order.item}, status=201)
 
-    if setup.view == "drf":
-        pytest.importorskip("rest_framework")
-        view = drf_protected(drf_handler, options)
-    else:
-        view = idempotent(**options)(function_view if setup.view == "function" else template_view)
-    behaviour.url = serve(view)
+    views = {"function": function_view, "template": template_view, "drf": drf_handler}
+    behaviour.url = mount(setup, views[setup.view], options)
     return behaviour
 
 
@@ -292,9 +319,9 @@ def failing_statement() -> Iterator[Callable[[str], None]]:
 
 @pytest.mark.parametrize("setup", setups())
 def test_a_success_commits_and_its_retry_is_a_replay(
-    setup: Setup, configure: Any, serve: Callable[..., str]
+    setup: Setup, configure: Any, mount: Mount
 ) -> None:
-    view = serve_view(serve, setup, configure(setup))
+    view = serve_view(mount, setup, configure(setup))
 
     first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")
     retry = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-a")
@@ -311,10 +338,10 @@ def test_a_success_commits_and_its_retry_is_a_replay(
 def test_a_failed_completion_never_answers_a_success_for_lost_writes(
     setup: Setup,
     configure: Any,
-    serve: Callable[..., str],
+    mount: Mount,
     failing_statement: Callable[[str], None],
 ) -> None:
-    view = serve_view(serve, setup, configure(setup))
+    view = serve_view(mount, setup, configure(setup))
     failing_statement("COMPLETE")
 
     first = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-b")
@@ -342,9 +369,9 @@ def test_a_failed_completion_never_answers_a_success_for_lost_writes(
 
 @pytest.mark.parametrize("setup", setups())
 def test_an_error_answer_is_stored_and_replayed(
-    setup: Setup, configure: Any, serve: Callable[..., str], db_vendor: str
+    setup: Setup, configure: Any, mount: Mount, db_vendor: str
 ) -> None:
-    view = serve_view(serve, setup, configure(setup))
+    view = serve_view(mount, setup, configure(setup))
 
     first = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")
     retry = post(setup, view.url, {"item": "tea", "quantity": 0}, "key-c")
@@ -378,9 +405,9 @@ def _claims_join_a_rolled_back_transaction(setup: Setup, db_vendor: str) -> bool
 
 @pytest.mark.parametrize("setup", setups())
 def test_a_success_whose_writes_roll_back_is_never_sent(
-    setup: Setup, configure: Any, serve: Callable[..., str]
+    setup: Setup, configure: Any, mount: Mount
 ) -> None:
-    view = serve_view(serve, setup, configure(setup))
+    view = serve_view(mount, setup, configure(setup))
 
     first = post(setup, view.url, {"item": "tea", "then": "doom"}, "key-d")
     committed = orders_of("tea")
@@ -408,7 +435,7 @@ def test_a_store_that_fails_the_claim(
     setup: Setup,
     fail_open: bool,
     configure: Any,
-    serve: Callable[..., str],
+    mount: Mount,
     failing_statement: Callable[[str], None],
     settings: Any,
 ) -> None:
@@ -417,7 +444,7 @@ def test_a_store_that_fails_the_claim(
         store = _unreachable_redis_store(settings)
     else:
         failing_statement("INSERT")
-    view = serve_view(serve, setup, store, fail_open=fail_open)
+    view = serve_view(mount, setup, store, fail_open=fail_open)
 
     answer = post(setup, view.url, {"item": "tea", "then": "ok"}, "key-e")
 
@@ -465,7 +492,7 @@ def _claims_commit_at_once(setup: Setup) -> bool:
 )
 @pytest.mark.parametrize("past_its_lease", [False, True], ids=["", "past-its-lease"])
 def test_a_duplicate_is_answered_while_the_first_runs(
-    setup: Setup, configure: Any, serve: Callable[..., str], past_its_lease: bool
+    setup: Setup, configure: Any, mount: Mount, past_its_lease: bool
 ) -> None:
     """The claim commits at once, whatever transaction the view runs in, so a
     duplicate is answered 409 at once (not held on a lock) and the view runs
@@ -473,7 +500,7 @@ def test_a_duplicate_is_answered_while_the_first_runs(
     request renews."""
     entered, release = threading.Event(), threading.Event()
     store = configure(setup)
-    view = serve_view(serve, setup, store, **({"lock_timeout": 0.6} if past_its_lease else {}))
+    view = serve_view(mount, setup, store, **({"lock_timeout": 0.6} if past_its_lease else {}))
     original = view.order
 
     def held(data: dict[str, Any]) -> Order | None:

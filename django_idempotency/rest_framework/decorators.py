@@ -51,6 +51,22 @@ class RestFrameworkAdapter(ViewAdapter):
     ) -> HttpResponseBase:
         return handle_in_view(protection, request, call)
 
+    def protects_itself(self, view: Any, method: str) -> bool:
+        cls = getattr(view, "cls", None)
+        if not (isinstance(cls, type) and issubclass(cls, APIView)):
+            return False
+        if issubclass(cls, IdempotencyMixin):
+            return True
+        # @api_view above @idempotent: the function's protection went to
+        # the class with its schema (see decorated() below).
+        schema = vars(cls).get("schema")
+        if isinstance(schema, ProtectedSchema) and schema.protection is not None:
+            return True
+        # A viewset's handler is its action's method (method_decorator).
+        action = (getattr(view, "actions", None) or {}).get(method.lower())
+        handler = getattr(cls, action, None) if action else None
+        return getattr(handler, "idempotency", None) is not None
+
     def decorated(self, view: Any, protection: Idempotency) -> None:
         # DRF's @api_view gives the view it makes the function's schema (as
         # its @schema decorator sets it): the protection goes with it, for

@@ -18,6 +18,8 @@ urlpatterns: list[URLPattern | URLResolver] = [
     # JSON-RPC, another framework, through an adapter of its own (demo.rpc_idempotency).
     path("rpc/", rpc.view, name="rpc"),
     path("async/rpc/", rpc.aview, name="rpc-async"),
+    # Protected by IdempotencyMiddleware (IDEMPOTENCY["PROTECTED_URLS"] in settings).
+    path("shop/", include("demo.shop")),
 ]
 
 # Django REST framework endpoints, where it is installed; /api/ lists the router's.

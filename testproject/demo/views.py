@@ -15,7 +15,7 @@ from demo.models import Order
 from django_idempotency.decorators import idempotent
 
 
-def _order_fields(request: HttpRequest) -> dict[str, Any]:
+def order_fields(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
     except ValueError:
@@ -25,7 +25,7 @@ def _order_fields(request: HttpRequest) -> dict[str, Any]:
     return {"item": str(data.get("item", "coffee"))[:100], "quantity": int(data.get("quantity", 1))}
 
 
-def _created(order: Order) -> JsonResponse:
+def created(order: Order) -> JsonResponse:
     response = JsonResponse(
         {"id": order.pk, "item": order.item, "quantity": order.quantity}, status=201
     )
@@ -39,15 +39,15 @@ def create_order(request: HttpRequest) -> HttpResponse:
     """POST /orders/: a sync function view with the default options."""
     if request.method != "POST":
         return JsonResponse({"orders": Order.objects.count()})
-    return _created(Order.objects.create(**_order_fields(request)))
+    return created(Order.objects.create(**order_fields(request)))
 
 
 @csrf_exempt
 @idempotent
 async def create_order_async(request: HttpRequest) -> HttpResponse:
     """POST /async/orders/: the same, as an async view."""
-    order = await Order.objects.acreate(**_order_fields(request))
-    return _created(order)
+    order = await Order.objects.acreate(**order_fields(request))
+    return created(order)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -56,7 +56,7 @@ class OrderView(View):
 
     @method_decorator(idempotent(required=True))
     def post(self, request: HttpRequest) -> HttpResponse:
-        return _created(Order.objects.create(**_order_fields(request)))
+        return created(Order.objects.create(**order_fields(request)))
 
 
 @csrf_exempt
@@ -66,7 +66,7 @@ def create_order_slowly(request: HttpRequest) -> HttpResponse:
     concurrent duplicates overlap with it."""
     delay = min(float(request.GET.get("delay", "0.3")), 5.0)
     time.sleep(delay)
-    return _created(Order.objects.create(**_order_fields(request)))
+    return created(Order.objects.create(**order_fields(request)))
 
 
 @csrf_exempt
@@ -76,7 +76,7 @@ def create_order_slowly_conflict(request: HttpRequest) -> HttpResponse:
     duplicates in flight with 409 instead of waiting."""
     delay = min(float(request.GET.get("delay", "0.3")), 5.0)
     time.sleep(delay)
-    return _created(Order.objects.create(**_order_fields(request)))
+    return created(Order.objects.create(**order_fields(request)))
 
 
 #: The ttl of /short-lived/orders/, in seconds: short enough to watch a key expire.
@@ -88,4 +88,4 @@ SHORT_TTL = 2
 def create_order_short_lived(request: HttpRequest) -> HttpResponse:
     """POST /short-lived/orders/: keys expire after SHORT_TTL seconds, then the
     same request runs again."""
-    return _created(Order.objects.create(**_order_fields(request)))
+    return created(Order.objects.create(**order_fields(request)))

@@ -81,6 +81,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it calls the views of the URLs in IDEMPOTENCY["PROTECTED_URLS"] itself.
+    "django_idempotency.middleware.IdempotencyMiddleware",
 ]
 
 ROOT_URLCONF = "testproject.urls"
@@ -238,7 +240,10 @@ if HAS_SPECTACULAR:
 
 # django-idempotency: the defaults -------------------------------------------------------
 
-IDEMPOTENCY: dict[str, Any] = {}
+IDEMPOTENCY: dict[str, Any] = {
+    # What IdempotencyMiddleware protects: the demo's shop (demo/shop.py).
+    "PROTECTED_URLS": ["shop:"],
+}
 
 # IDEMPOTENCY_TEST_STORE_DB_PORT keeps keys in the same database reached through
 # another port (the fault tests' proxy, which they cut and restore), so that

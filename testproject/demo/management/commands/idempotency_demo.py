@@ -89,6 +89,7 @@ class Command(BaseCommand):
                     self.step_expiry()
                 self.step_purge(wait=not skip_slow)
                 self.step_rest_framework()
+                self.step_middleware()
         finally:
             key_claimed.disconnect(self._on_claim)
         self._summary()
@@ -205,6 +206,16 @@ class Command(BaseCommand):
         self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 1})
         self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 1})
         self.exchange("/api/orders/", key, {"item": "flat white", "quantity": 2})
+
+    def step_middleware(self) -> None:
+        self.heading(8, "a URL space protected by the middleware")
+        self.explain(
+            "/shop/orders/ is a plain view, not decorated: IdempotencyMiddleware protects "
+            'every URL of the "shop" namespace, named in IDEMPOTENCY["PROTECTED_URLS"].'
+        )
+        key = self.key("shop")
+        self.exchange("/shop/orders/", key, {"item": "muffin", "quantity": 1})
+        self.exchange("/shop/orders/", key, {"item": "muffin", "quantity": 1})
 
     # -- requests and their display --------------------------------------------
 
