@@ -48,6 +48,7 @@ from django_idempotency.errors import IdempotencyError
 from django_idempotency.models import IdempotencyKey
 from django_idempotency.rest_framework import UNSET, IdempotencyAPIException, IdempotencyMixin
 from django_idempotency.scope import auth_identity, default_scope
+from django_idempotency.testing import assert_refuses_changed_body, assert_replays
 
 pytestmark = pytest.mark.django_db
 
@@ -102,13 +103,10 @@ def test_retry_replays_the_rendered_response_byte_for_byte(
     client: Client, serve: Callable[..., str]
 ) -> None:
     url = serve(Orders.as_view())
-    first = send(client, url)
-    retry = send(client, url)
-    assert first.status_code == retry.status_code == 201
-    assert retry.content == first.content
-    assert retry["Content-Type"] == first["Content-Type"] == "application/json"
-    assert replayed(retry)
-    assert not replayed(first)
+    first, _ = assert_replays(client, url, {"item": "coffee", "quantity": 2})
+    assert first.status == 201
+    assert first.headers["Content-Type"] == "application/json"
+    assert not first.replayed
     assert orders() == 1
 
 
@@ -116,8 +114,11 @@ def test_other_body_with_the_same_key_is_refused_as_problem_json(
     client: Client, serve: Callable[..., str]
 ) -> None:
     url = serve(Orders.as_view())
-    send(client, url)
-    problem(send(client, url, {"item": "tea", "quantity": 1}), 422, "idempotency_key_mismatch")
+    _, refused = assert_refuses_changed_body(
+        client, url, {"item": "coffee"}, {"item": "tea", "quantity": 1}
+    )
+    assert json.loads(refused.body)["code"] == "idempotency_key_mismatch"
+    assert refused.headers["Content-Type"] == "application/problem+json"
     assert orders() == 1
 
 
@@ -603,10 +604,8 @@ def test_viewset_create_update_and_destroy_are_protected(
     assert replayed(send(client, detail, {"quantity": 4}, key="patch-1", method="patch"))
     assert patched.status_code == 200
 
-    deleted = send(client, detail, None, key="delete-1", method="delete")
-    again = send(client, detail, None, key="delete-1", method="delete")
-    assert deleted.status_code == again.status_code == 204
-    assert replayed(again)
+    deleted, _ = assert_replays(client, detail, method="delete")
+    assert deleted.status == 204
     assert send(client, detail, None, key="delete-2", method="delete").status_code == 404
 
 
