@@ -1,0 +1,161 @@
+"""What protected operations document in an OpenAPI schema, whatever
+generates it: the key header as a parameter, and the answers this package
+may give instead of the operation's. The drf-spectacular integration
+(``rest_framework.schema``) and the Django Ninja one (``ninja``) both
+build on it, so that both document the same protection the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django_idempotency import errors
+from django_idempotency.conf import DEFAULT_KEY_PATTERN
+from django_idempotency.keys import MAX_KEY_LENGTH
+from django_idempotency.policy import Policy
+from django_idempotency.responses import REPLAYED_HEADER
+
+#: The codes of this package's errors, as the problem documents carry them.
+ERROR_CODES = tuple(
+    error.code
+    for error in (
+        errors.KeyMissing,
+        errors.KeyInvalid,
+        errors.KeyInUse,
+        errors.KeyMismatch,
+        errors.ResponseNotStored,
+        errors.StorageUnavailable,
+    )
+)
+
+CODE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "enum": list(ERROR_CODES),
+    "description": "What happened, stable and machine-readable.",
+}
+
+
+def problem_schema(code_ref: str) -> dict[str, Any]:
+    """The schema of this package's problem documents; ``code_ref`` is the
+    reference to :data:`CODE_SCHEMA` where the generator keeps it."""
+    return {
+        "type": "object",
+        "description": (
+            "An RFC 9457 problem document, answered instead of the operation's response."
+        ),
+        "properties": {
+            "type": {"type": "string", "example": "about:blank"},
+            "title": {"type": "string", "example": "Conflict"},
+            "status": {"type": "integer", "example": 409},
+            "detail": {"type": "string"},
+            # A component of its own (drf-spectacular would name an enum in
+            # place after its property, "CodeEnum", as it names the project's).
+            "code": {"$ref": code_ref},
+            "original_status": {
+                "type": "integer",
+                "description": "The status of the response that was not stored "
+                "(idempotency_response_not_stored only).",
+            },
+        },
+        "required": ["type", "title", "status", "detail", "code"],
+    }
+
+
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "schema": {"type": "integer"},
+    "description": "Seconds to wait before retrying (idempotency_key_in_use, "
+    "idempotency_storage_unavailable).",
+}
+
+
+def key_parameter(policy: Policy) -> dict[str, Any]:
+    """The key header of ``policy`` as an OpenAPI parameter object."""
+    schema: dict[str, Any] = {"type": "string", "maxLength": MAX_KEY_LENGTH}
+    if policy.key_pattern.pattern == DEFAULT_KEY_PATTERN:
+        schema["minLength"] = 1
+    else:
+        # key_pattern must match the whole key; a schema pattern may match a part.
+        schema["pattern"] = f"^(?:{policy.key_pattern.pattern})$"
+    return {
+        "name": policy.header,
+        "in": "header",
+        "required": policy.required,
+        "schema": schema,
+        "description": (
+            "A key the client makes up for this operation (a UUID, say) and sends "
+            "again, unchanged, with every retry of it: the operation runs once, and "
+            f"retries get its stored response, marked `{REPLAYED_HEADER}: true`. "
+            f"A key is kept for {_duration(policy.ttl)} after its first use, and "
+            "belongs to one request: reused with another, it gets a 422."
+        ),
+    }
+
+
+def answers(policy: Policy, *, headers: bool) -> dict[int, dict[str, Any]]:
+    """The answers this package may give instead of the operation's, by
+    status; ``headers``: with the ``Retry-After`` header of those that have it."""
+    sentences: dict[int, list[str]] = {}
+    retry_after: set[int] = set()
+
+    def answer(status: int, sentence: str, *, retry: bool = False) -> None:
+        sentences.setdefault(status, []).append(sentence)
+        if retry:
+            retry_after.add(status)
+
+    if policy.required:
+        answer(400, "The idempotency key is missing (idempotency_key_missing).")
+    answer(400, "The idempotency key is not valid (idempotency_key_invalid).")
+    if policy.on_conflict == "wait":
+        in_use = 409
+        answer(
+            in_use,
+            "A request with this idempotency key was still being processed after "
+            f"waiting {_duration(policy.wait_timeout)} for it; retry later "
+            "(idempotency_key_in_use).",
+            retry=True,
+        )
+    else:
+        in_use = policy.on_conflict
+        answer(
+            in_use,
+            "A request with this idempotency key is still being processed; retry "
+            "later (idempotency_key_in_use).",
+            retry=True,
+        )
+    if policy.atomic and in_use != 409:
+        answer(
+            409,
+            "Another request took this idempotency key over before the operation "
+            "committed; retry later (idempotency_key_in_use).",
+            retry=True,
+        )
+    if policy.duplicate_response is None:
+        answer(
+            409,
+            "A request with this idempotency key was processed, but its response was "
+            "not stored and cannot be replayed (idempotency_response_not_stored).",
+        )
+    answer(
+        422,
+        "This idempotency key was used with a different request (idempotency_key_mismatch).",
+    )
+    if not policy.fail_open or policy.atomic:
+        answer(
+            503,
+            "Idempotency keys cannot be checked right now; retry later "
+            "(idempotency_storage_unavailable).",
+            retry=True,
+        )
+    answers: dict[int, dict[str, Any]] = {}
+    for status, texts in sorted(sentences.items()):
+        answers[status] = {"description": " ".join(texts)}
+        if headers and status in retry_after:
+            answers[status]["headers"] = {"Retry-After": dict(RETRY_AFTER_HEADER)}
+    return answers
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
