@@ -34,9 +34,10 @@ CODE_SCHEMA: dict[str, Any] = {
 }
 
 
-def problem_schema(code_ref: str) -> dict[str, Any]:
-    """The schema of this package's problem documents; ``code_ref`` is the
-    reference to :data:`CODE_SCHEMA` where the generator keeps it."""
+def problem_schema(code: dict[str, Any]) -> dict[str, Any]:
+    """The schema of this package's problem documents; ``code`` is the
+    schema of their ``code``: :data:`CODE_SCHEMA`, or a reference to it where
+    the generator keeps it."""
     return {
         "type": "object",
         "description": (
@@ -49,7 +50,7 @@ def problem_schema(code_ref: str) -> dict[str, Any]:
             "detail": {"type": "string"},
             # A component of its own (drf-spectacular would name an enum in
             # place after its property, "CodeEnum", as it names the project's).
-            "code": {"$ref": code_ref},
+            "code": code,
             "original_status": {
                 "type": "integer",
                 "description": "The status of the response that was not stored "

@@ -26,7 +26,7 @@ from django.urls import clear_url_caches, path
 from helpers import AsyncGate, Gate
 
 import django_idempotency
-from django_idempotency import conf
+from django_idempotency import conf, signals
 
 URLCONF = "idempotency_test_urls"
 
@@ -229,6 +229,32 @@ def _fresh_configuration() -> Iterator[None]:
     conf._reset_cache(setting=conf.SETTINGS_NAME)
     yield
     conf._reset_cache(setting=conf.SETTINGS_NAME)
+
+
+@pytest.fixture
+def atomic_requests() -> Iterator[None]:
+    """ATOMIC_REQUESTS on the default database, for one test (in place:
+    Django reads it from the connection's settings)."""
+    entries = (connections.settings["default"], connection.settings_dict)
+    saved = [entry["ATOMIC_REQUESTS"] for entry in entries]
+    for entry in entries:
+        entry["ATOMIC_REQUESTS"] = True
+    yield
+    for entry, was in zip(entries, saved, strict=True):
+        entry["ATOMIC_REQUESTS"] = was
+
+
+@pytest.fixture
+def claimed() -> Iterator[list[Any]]:
+    """The keys claimed during the test, in order."""
+    keys: list[Any] = []
+
+    def record(sender: Any, **kwargs: Any) -> None:
+        keys.append(kwargs["key"])
+
+    signals.key_claimed.connect(record)
+    yield keys
+    signals.key_claimed.disconnect(record)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ other tests mount views of their own with the ``serve`` fixture.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import StringIO
 from typing import Any
 
@@ -18,7 +18,7 @@ from asgiref.sync import async_to_sync
 from django.conf import settings as project
 from django.core.checks import CheckMessage, Tags, run_checks
 from django.core.management import call_command
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.test import AsyncClient, Client
 from django.urls import include, path
@@ -36,7 +36,7 @@ from helpers import (
 )
 
 from demo import shop
-from django_idempotency import checks, signals
+from django_idempotency import checks
 from django_idempotency.conf import OptionError
 from django_idempotency.decorators import idempotency_exempt, idempotent
 from django_idempotency.testing import assert_refuses_changed_body, assert_replays
@@ -66,19 +66,6 @@ class Handler:
 @pytest.fixture(params=["wsgi", "asgi"])
 def handler(request: pytest.FixtureRequest) -> Handler:
     return Handler(request.param)
-
-
-@pytest.fixture
-def claimed() -> Iterator[list[Any]]:
-    """The keys claimed during the test, in order."""
-    keys: list[Any] = []
-
-    def record(sender: Any, **kwargs: Any) -> None:
-        keys.append(kwargs["key"])
-
-    signals.key_claimed.connect(record)
-    yield keys
-    signals.key_claimed.disconnect(record)
 
 
 # -- the demo's shop: no view decorated ------------------------------------------------------
@@ -446,18 +433,6 @@ def test_a_throttled_drf_request_claims_nothing(
 
 
 # -- transactions: ATOMIC_REQUESTS as Django applies it ------------------------------------------
-
-
-@pytest.fixture
-def atomic_requests() -> Iterator[None]:
-    """ATOMIC_REQUESTS on the default database, for one test."""
-    entries = (connections.settings["default"], connection.settings_dict)
-    saved = [entry["ATOMIC_REQUESTS"] for entry in entries]
-    for entry in entries:
-        entry["ATOMIC_REQUESTS"] = True
-    yield
-    for entry, was in zip(entries, saved, strict=True):
-        entry["ATOMIC_REQUESTS"] = was
 
 
 @pytest.mark.django_db(transaction=True)

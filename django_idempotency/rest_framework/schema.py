@@ -185,7 +185,7 @@ class IdempotencyAutoSchema(AutoSchema):
 
     def _problem_ref(self) -> dict[str, Any]:
         ref: dict[str, Any] = {}
-        problem = openapi.problem_schema(f"#/components/schemas/{CODE_COMPONENT}")
+        problem = openapi.problem_schema({"$ref": f"#/components/schemas/{CODE_COMPONENT}"})
         for name, schema in ((CODE_COMPONENT, openapi.CODE_SCHEMA), (PROBLEM_COMPONENT, problem)):
             component = ResolvedComponent(  # type: ignore[no-untyped-call]
                 name=name, type=ResolvedComponent.SCHEMA, object=name, schema=schema

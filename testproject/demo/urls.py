@@ -35,6 +35,11 @@ if settings.HAS_DRF:
         path("api/slow/orders/", api.SlowOrders.as_view(), name="api-orders-slow"),
         path("api/function/orders/", api.create_order, name="api-orders-function"),
     ]
+# Django Ninja endpoints, where it is installed (demo/ninja_api.py).
+if settings.HAS_NINJA:
+    from demo.ninja_api import api as ninja_api
+
+    urlpatterns += [path("ninja/", ninja_api.urls)]
 if settings.HAS_SPECTACULAR:
     from drf_spectacular.views import SpectacularAPIView
 

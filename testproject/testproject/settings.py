@@ -68,6 +68,9 @@ HAS_DRF = importlib.util.find_spec("rest_framework") is not None and not _env_fl
     "IDEMPOTENCY_TEST_CORE_ONLY"
 )
 HAS_SPECTACULAR = HAS_DRF and importlib.util.find_spec("drf_spectacular") is not None
+HAS_NINJA = importlib.util.find_spec("ninja") is not None and not _env_flag(
+    "IDEMPOTENCY_TEST_CORE_ONLY"
+)
 if HAS_DRF:
     INSTALLED_APPS += ["rest_framework", "rest_framework.authtoken"]
 if HAS_SPECTACULAR:
