@@ -10,10 +10,10 @@ Each scenario runs on every combination of: the store (the database store on
 the default alias, on an alias a database router chooses, Redis), the mode
 (default, atomic), ``ATOMIC_REQUESTS`` off and on, ``CONN_MAX_AGE`` 0 and
 persistent (``None``), the WSGI and the ASGI handler, and the kind of view (a
-function view, a ``TemplateResponse``, a DRF view), and how the view is
-protected: by ``@idempotent`` (the mixin for the DRF view), or by
-``IdempotencyMiddleware`` with the options in the setting (the view itself
-undecorated; a DRF view without the mixin). Atomic mode keeps its keys on
+function view, a ``TemplateResponse``, a DRF view, a Django Ninja
+operation), and how the view is protected: by ``@idempotent`` (the mixin
+for the DRF view), or by ``IdempotencyMiddleware`` with the options in the
+setting (the view itself undecorated; a DRF view without the mixin). Atomic mode keeps its keys on
 the view's own database only, so it is combined with the default alias
 alone. The middleware is combined with one ``CONN_MAX_AGE``: connections
 are the store's business, not the protection's. Faults are made by the database itself: a trigger on
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "keys
 
 STORES = ("database", "router", "redis")
 MODES = ("default", "atomic")
-VIEWS = ("function", "template", "drf")
+VIEWS = ("function", "template", "drf", "ninja")
 HANDLERS = ("wsgi", "asgi")
 PROTECTIONS = ("decorator", "middleware")
 KEYS_TABLE = IdempotencyKey._meta.db_table
@@ -94,11 +94,12 @@ class Setup:
 
 def setups(*, stores: tuple[str, ...] = STORES) -> list[Any]:
     """Every combination, but atomic mode off the default alias, and the
-    Redis store and DRF views where their extras are not installed (the
-    core-only run)."""
+    Redis store, DRF views and Ninja operations where their extras are not
+    installed (the core-only run)."""
     if not project.HAS_REDIS:
         stores = tuple(store for store in stores if store != "redis")
-    views = VIEWS if project.HAS_DRF else tuple(view for view in VIEWS if view != "drf")
+    missing = {"drf": not project.HAS_DRF, "ninja": not project.HAS_NINJA}
+    views = tuple(view for view in VIEWS if not missing.get(view))
     combos = itertools.product(
         stores, MODES, (False, True), (0, None), HANDLERS, views, PROTECTIONS
     )
@@ -154,7 +155,7 @@ def configure(settings: Any, request: pytest.FixtureRequest) -> Iterator[Callabl
     database_store._independent.__dict__.pop("connections", None)
 
 
-# -- the views: one behaviour, served three ways ------------------------------------------------
+# -- the views: one behaviour, served four ways ------------------------------------------------
 
 
 class Behaviour:
@@ -193,17 +194,39 @@ def mount(serve: Callable[..., str], settings: Any) -> Mount:
     ``options`` as the setup says, and return its URL."""
 
     def protected(setup: Setup, view: View, options: dict[str, Any]) -> str:
-        if setup.protection == "decorator":
-            if setup.view == "drf":
-                return serve(drf_protected(view, options))
-            return serve(idempotent(**options)(view))
-        settings.IDEMPOTENCY = {
-            "PROTECTED_URLS": ["/endpoint/"],
-            **{name.upper(): value for name, value in options.items()},
-        }
-        return serve(drf_view(view) if setup.view == "drf" else view)
+        decorated = setup.protection == "decorator"
+        if not decorated:
+            settings.IDEMPOTENCY = {
+                "PROTECTED_URLS": ["/endpoint/"],
+                **{name.upper(): value for name, value in options.items()},
+            }
+        if setup.view == "ninja":
+            return serve(ninja_api(view, options if decorated else None).urls)
+        if setup.view == "drf":
+            return serve(drf_protected(view, options) if decorated else drf_view(view))
+        return serve(idempotent(**options)(view) if decorated else view)
 
     return protected
+
+
+_ninja_apis = itertools.count()
+
+
+def ninja_api(view: View, options: dict[str, Any] | None) -> Any:
+    """A Django Ninja API with one operation, ``POST /``, that calls ``view``
+    and returns what it returns for Ninja to serialize; ``@idempotent`` with
+    ``options`` unless they are None."""
+    from ninja import NinjaAPI
+
+    api = NinjaAPI(urls_namespace=f"invariants-{next(_ninja_apis)}")
+
+    def operation(request: HttpRequest) -> Any:
+        return view(request)
+
+    operation = api.post("/", response={201: dict[str, Any]})(operation)
+    if options is not None:
+        idempotent(**options)(operation)
+    return api
 
 
 def serve_view(mount: Mount, setup: Setup, store: Any, **options: Any) -> Behaviour:
@@ -216,6 +239,10 @@ def serve_view(mount: Mount, setup: Setup, store: Any, **options: Any) -> Behavi
         "completion_timeout": 0.2,
         **options,
     }
+    if setup.view == "ninja":
+        # The answers asserted here are problem documents; Ninja's own
+        # format, the default there, is tested in test_ninja.py.
+        options["error_response"] = "django_idempotency.errors.problem_response"
 
     def function_view(request: HttpRequest) -> HttpResponse:
         order = behaviour.order(json.loads(request.body))
@@ -241,7 +268,21 @@ def serve_view(mount: Mount, setup: Setup, store: Any, **options: Any) -> Behavi
             raise ValidationError({"quantity": ["Order at least one."]})
         return Response({"id": order.pk, "item": order.item}, status=201)
 
-    views = {"function": function_view, "template": template_view, "drf": drf_handler}
+    def ninja_operation(request: HttpRequest) -> Any:
+        from ninja.errors import HttpError
+        from ninja.responses import Status
+
+        order = behaviour.order(json.loads(request.body))
+        if order is None:
+            raise HttpError(400, "Order at least one.")
+        return Status(201, {"id": order.pk, "item": order.item})
+
+    views = {
+        "function": function_view,
+        "template": template_view,
+        "drf": drf_handler,
+        "ninja": ninja_operation,
+    }
     behaviour.url = mount(setup, views[setup.view], options)
     return behaviour
 
