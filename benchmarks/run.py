@@ -67,6 +67,7 @@ FORMS = (
     "database",
     "atomic",
     "redis",
+    "middleware",
     "drf-plain",
     "drf-database",
     "drf-redis",
@@ -76,6 +77,7 @@ FORMS = (
 )
 TWIN = {
     "database": "plain",
+    "middleware": "plain",
     "atomic": "plain",
     "redis": "plain",
     "drf-database": "drf-plain",
@@ -1008,6 +1010,7 @@ LABELS = {
     "database": "@idempotent, database store",
     "atomic": "@idempotent(atomic=True)",
     "redis": "@idempotent, Redis store",
+    "middleware": "IdempotencyMiddleware, database store",
     "drf-database": "DRF mixin, database store",
     "drf-redis": "DRF mixin, Redis store",
     "floor-database": "the database store's round trips alone",

@@ -161,6 +161,9 @@ for name, document in DOCUMENTS.items():
         path(f"bench/{name}/plain/", csrf_exempt(view)),
         path(f"bench/{name}/database/", csrf_exempt(idempotent(view))),
         path(f"bench/{name}/atomic/", csrf_exempt(idempotent(atomic=True)(view))),
+        # Not decorated: IdempotencyMiddleware protects it, by its name in
+        # the test project's PROTECTED_URLS.
+        path(f"bench/{name}/middleware/", csrf_exempt(view), name=f"bench-middleware-{name}"),
     ]
     if settings.HAS_REDIS:
         protected = idempotent(storage=_redis_storage())(view)

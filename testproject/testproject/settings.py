@@ -244,8 +244,9 @@ if HAS_SPECTACULAR:
 # django-idempotency: the defaults -------------------------------------------------------
 
 IDEMPOTENCY: dict[str, Any] = {
-    # What IdempotencyMiddleware protects: the demo's shop (demo/shop.py).
-    "PROTECTED_URLS": ["shop:"],
+    # What IdempotencyMiddleware protects: the demo's shop (demo/shop.py),
+    # and the benchmark's views of the middleware form (demo/bench.py).
+    "PROTECTED_URLS": ["shop:", "bench-middleware-minimal", "bench-middleware-typical"],
 }
 
 # IDEMPOTENCY_TEST_STORE_DB_PORT keeps keys in the same database reached through
