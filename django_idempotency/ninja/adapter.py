@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from django.http import HttpResponseBase
 from ninja.operation import Operation, PathView
 from ninja.utils import contribute_operation_callback
 
@@ -45,11 +44,6 @@ class NinjaAdapter(ViewAdapter):
             return False
         found = next((op for op in path_view.operations if method in op.methods), None)
         return found is not None and getattr(found.view_func, "idempotency", None) is not None
-
-    def handle(
-        self, protection: Idempotency, request: Any, call: Callable[[], HttpResponseBase]
-    ) -> HttpResponseBase:
-        raise NotImplementedError  # no request class of its own
 
     def decorated(self, view: Any, protection: Idempotency) -> None:
         # Below @api.post(...): should Ninja make an operation of the
