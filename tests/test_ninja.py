@@ -23,7 +23,7 @@ ninja = pytest.importorskip("ninja")
 
 from django.db import transaction  # noqa: E402
 from django.test import AsyncClient, Client  # noqa: E402
-from helpers import InBackground, orders, replayed  # noqa: E402
+from helpers import InBackground, orders, replayed, send  # noqa: E402
 from ninja import NinjaAPI, Router, Schema  # noqa: E402
 from ninja.errors import HttpError  # noqa: E402
 from ninja.responses import Status  # noqa: E402
@@ -171,7 +171,7 @@ def test_the_decorator_options_apply(serve: Callable[..., str], client: Client) 
 
     prefix = mount(serve, api)
 
-    missing = client.post(f"{prefix}/orders", ORDER, content_type="application/json")
+    missing = send(client, f"{prefix}/orders", ORDER, key=None)
     assert missing.status_code == 400
     assert json.loads(missing.content) == {"detail": "This endpoint requires an idempotency key."}
     assert_replays(client, f"{prefix}/orders", ORDER, status=200)
@@ -206,15 +206,13 @@ def test_a_duplicate_in_flight_gets_409_with_retry_after(
 
     url = mount(serve, api) + "/orders"
 
-    def send(client: Client) -> Any:
-        body = json.dumps(ORDER)
-        headers = {"Idempotency-Key": "key-1"}
-        return client.post(url, body, content_type="application/json", headers=headers)
+    def send_order(client: Client) -> Any:
+        return send(client, url, ORDER, "key-1")
 
-    first = InBackground(send)
+    first = InBackground(send_order)
     try:
         assert entered.wait(10)
-        duplicate = send(Client())
+        duplicate = send_order(Client())
     finally:
         release.set()
     assert duplicate.status_code == 409
@@ -223,7 +221,7 @@ def test_a_duplicate_in_flight_gets_409_with_retry_after(
         "detail": "A request with this idempotency key is still being processed. Retry later."
     }
     assert first.result().status_code == 201
-    assert replayed(send(Client()))
+    assert replayed(send_order(Client()))
     assert orders() == 1
 
 
@@ -279,15 +277,8 @@ def test_a_request_ninja_refuses_claims_nothing(
     _private(api)
     url = mount(serve, api) + "/orders"
 
-    refused = client.post(
-        url, ORDER, content_type="application/json", headers={"Idempotency-Key": "key-1"}
-    )
-    accepted = client.post(
-        url,
-        ORDER,
-        content_type="application/json",
-        headers={"Idempotency-Key": "key-1", **_bearer("client-a")},
-    )
+    refused = send(client, url, ORDER, "key-1")
+    accepted = send(client, url, ORDER, "key-1", headers=_bearer("client-a"))
 
     assert refused.status_code == 401
     assert accepted.status_code == 201
@@ -302,12 +293,7 @@ def test_keys_are_scoped_to_the_client_ninja_authenticated(
     url = mount(serve, api) + "/orders"
 
     assert_replays(client, url, ORDER, key="key-1", headers=_bearer("client-a"))
-    other = client.post(
-        url,
-        ORDER,
-        content_type="application/json",
-        headers={"Idempotency-Key": "key-1", **_bearer("client-b")},
-    )
+    other = send(client, url, ORDER, "key-1", headers=_bearer("client-b"))
 
     assert other.status_code == 201
     assert not replayed(other)
@@ -325,12 +311,7 @@ def test_a_throttled_request_claims_nothing(
     _private(api, throttle=NoneAllowed())
     url = mount(serve, api) + "/orders"
 
-    answer = client.post(
-        url,
-        ORDER,
-        content_type="application/json",
-        headers={"Idempotency-Key": "key-1", **_bearer("client-a")},
-    )
+    answer = send(client, url, ORDER, "key-1", headers=_bearer("client-a"))
 
     assert answer.status_code == 429
     assert claimed == []
@@ -342,12 +323,8 @@ def test_a_request_ninja_finds_invalid_claims_nothing(
     api = new_api()
     _operations(api)
     url = mount(serve, api) + "/above"
-    headers = {"Idempotency-Key": "key-1"}
-
-    invalid = client.post(
-        url, {"quantity": "many"}, content_type="application/json", headers=headers
-    )
-    valid = client.post(url, ORDER, content_type="application/json", headers=headers)
+    invalid = send(client, url, {"quantity": "many"}, "key-1")
+    valid = send(client, url, ORDER, "key-1")
 
     assert invalid.status_code == 422
     assert valid.status_code == 201
@@ -390,9 +367,8 @@ def test_an_exception_releases_the_key(
 
     url = mount(serve, api) + "/orders"
     client.raise_request_exception = False
-    headers = {"Idempotency-Key": "key-1"}
 
-    failed = client.post(url, ORDER, content_type="application/json", headers=headers)
+    failed = send(client, url, ORDER, "key-1")
     assert failed.status_code == 500
     assert_replays(client, url, ORDER, key="key-1")
     assert orders() == 1
@@ -454,9 +430,7 @@ def test_a_success_whose_writes_roll_back_is_never_sent(
         return created
 
     url = mount(serve, api) + "/orders"
-    headers = {"Idempotency-Key": "key-1"}
-
-    first = client.post(url, ORDER, content_type="application/json", headers=headers)
+    first = send(client, url, ORDER, "key-1")
     assert first.status_code == 503
     assert orders() == 0
     assert_replays(client, url, ORDER, key="key-1")
@@ -527,9 +501,7 @@ def test_the_middleware_claims_after_ninjas_authentication(
     url = mount(serve, api) + "/orders"
     idempotency_settings(PROTECTED_URLS=["/api/"])
 
-    refused = client.post(
-        url, ORDER, content_type="application/json", headers={"Idempotency-Key": "key-1"}
-    )
+    refused = send(client, url, ORDER, "key-1")
 
     assert refused.status_code == 401
     assert claimed == []
@@ -545,10 +517,8 @@ def test_an_operation_the_middleware_no_longer_protects_runs_unprotected(
     assert_replays(client, url, ORDER)
 
     idempotency_settings(PROTECTED_URLS=[])
-    headers = {"Idempotency-Key": "key-2"}
     for _ in range(2):
-        answer = client.post(url, ORDER, content_type="application/json", headers=headers)
-        assert not replayed(answer)
+        assert not replayed(send(client, url, ORDER, "key-2"))
     assert orders() == 3
 
 
@@ -631,7 +601,7 @@ def test_the_schema_follows_the_settings(
 def test_the_demo_endpoints(client: Client) -> None:
     assert_replays(client, "/ninja/orders", ORDER)
     assert_replays(client, "/ninja/async/orders", ORDER)
-    anonymous = client.post("/ninja/private/orders", ORDER, content_type="application/json")
+    anonymous = send(client, "/ninja/private/orders", ORDER, key=None)
     assert anonymous.status_code == 401
     assert_replays(client, "/ninja/private/orders", ORDER, headers=_bearer("demo-token"))
     assert orders() == 3
