@@ -31,6 +31,7 @@ from django_idempotency.errors import (
     StorageUnavailable,
     TransactionRolledBack,
     problem_response,
+    with_retry_hint,
 )
 from django_idempotency.policy import ErrorResponse, Policy
 from django_idempotency.records import Claim, RequestKey, StoredResponse
@@ -46,9 +47,6 @@ T = TypeVar("T")
 WAIT_FIRST_DELAY = 0.05
 WAIT_LONGEST_DELAY = 0.5
 
-#: ``Retry-After`` of the in-use answer, in seconds.
-RETRY_AFTER = "1"
-
 #: The request attribute that holds the :class:`Exchange` whose claim the
 #: request owns. A protection nested inside another (a decorated view called
 #: from a decorated view) then lets the request through instead of answering
@@ -63,9 +61,10 @@ def render_error(
     errors: ErrorResponse | None = None,
 ) -> HttpResponseBase:
     """The response for ``error``: the ``error_response`` option if set, else
-    the adapter's own ``errors`` renderer, else problem+json."""
+    the adapter's own ``errors`` renderer, else problem+json; with the
+    error's retry hint, whichever renders it."""
     renderer = policy.error_response or errors or problem_response
-    return renderer(request, error)
+    return with_retry_hint(renderer(request, error), error)
 
 
 class Exchange:
@@ -134,7 +133,7 @@ class Exchange:
             if delay is not None:
                 return delay
             status = None if self.policy.on_conflict == "wait" else self.policy.on_conflict
-            return self.error(KeyInUse(status=status, headers={"Retry-After": RETRY_AFTER}))
+            return self.error(KeyInUse(status=status))
         self._signal(signals.key_replayed, "replayed", logging.INFO)
         return self.duplicate(record.response)
 
@@ -170,7 +169,7 @@ class Exchange:
             )
             return None
         logger.error("Idempotency store unavailable (%s). key=%s", exc, self.key.log_id)
-        return self.error(StorageUnavailable(headers={"Retry-After": RETRY_AFTER}))
+        return self.error(StorageUnavailable())
 
     def hold_lease(self, since: float) -> None:
         """The claim sent at ``since`` (monotonic) is won: keep its lease
@@ -389,7 +388,7 @@ class Exchange:
             "were rolled back. key=%s",
             self.key.log_id,
         )
-        return self.error(KeyInUse(headers={"Retry-After": RETRY_AFTER}))
+        return self.error(KeyInUse())
 
     def rolled_back(self) -> HttpResponseBase:
         """The view answered a success, but its writes are rolled back; the
@@ -400,7 +399,7 @@ class Exchange:
             "the client is told to retry. key=%s",
             self.key.log_id,
         )
-        return self.error(TransactionRolledBack(headers={"Retry-After": RETRY_AFTER}))
+        return self.error(TransactionRolledBack())
 
     def commit_failed(self, exc: StorageError) -> HttpResponseBase:
         """Atomic mode: the transaction did not commit; nothing the view wrote stays."""
@@ -409,7 +408,7 @@ class Exchange:
             exc,
             self.key.log_id,
         )
-        return self.error(StorageUnavailable(headers={"Retry-After": RETRY_AFTER}))
+        return self.error(StorageUnavailable())
 
     def completed(self, stored: bool) -> None:
         if stored:

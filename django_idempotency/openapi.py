@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_idempotency import errors
+from django_idempotency import errors, transactions
 from django_idempotency.conf import DEFAULT_KEY_PATTERN
 from django_idempotency.keys import MAX_KEY_LENGTH
 from django_idempotency.policy import Policy
@@ -24,6 +24,7 @@ ERROR_CODES = tuple(
         errors.KeyMismatch,
         errors.ResponseNotStored,
         errors.StorageUnavailable,
+        errors.TransactionRolledBack,
     )
 )
 
@@ -63,8 +64,9 @@ def problem_schema(code: dict[str, Any]) -> dict[str, Any]:
 
 RETRY_AFTER_HEADER: dict[str, Any] = {
     "schema": {"type": "integer"},
-    "description": "Seconds to wait before retrying (idempotency_key_in_use, "
-    "idempotency_storage_unavailable).",
+    "description": "Seconds to wait before retrying (on the transient answers: "
+    "idempotency_key_in_use, idempotency_storage_unavailable, "
+    "idempotency_transaction_rolled_back).",
 }
 
 
@@ -86,70 +88,85 @@ def key_parameter(policy: Policy) -> dict[str, Any]:
             "again, unchanged, with every retry of it: the operation runs once, and "
             f"retries get its stored response, marked `{REPLAYED_HEADER}: true`. "
             f"A key is kept for {_duration(policy.ttl)} after its first use, and "
-            "belongs to one request: reused with another, it gets a 422."
+            f"belongs to one request: reused with another, it gets a {mismatch_status(policy)}."
         ),
     }
 
 
-def answers(policy: Policy, *, headers: bool) -> dict[int, dict[str, Any]]:
+def mismatch_status(policy: Policy) -> int:
+    """The status of ``idempotency_key_mismatch`` under ``policy``: Stripe's
+    answers make it a 400."""
+    if policy.error_response is errors.stripe_response:
+        return errors.stripe_status(errors.KeyMismatch)
+    return errors.KeyMismatch.status
+
+
+def answers(policy: Policy) -> dict[int, dict[str, Any]]:
     """The answers this package may give instead of the operation's, by
-    status; ``headers``: with the ``Retry-After`` header of those that have it."""
+    status, with the ``Retry-After`` header of the transient ones (which
+    every answer format carries)."""
     sentences: dict[int, list[str]] = {}
     retry_after: set[int] = set()
 
-    def answer(status: int, sentence: str, *, retry: bool = False) -> None:
-        sentences.setdefault(status, []).append(sentence)
-        if retry:
+    def answer(error: type[errors.IdempotencyError], status: int, sentence: str) -> None:
+        sentences.setdefault(status, []).append(f"{sentence} ({error.code}).")
+        if error.transient:
             retry_after.add(status)
 
     if policy.required:
-        answer(400, "The idempotency key is missing (idempotency_key_missing).")
-    answer(400, "The idempotency key is not valid (idempotency_key_invalid).")
+        answer(errors.KeyMissing, 400, "The idempotency key is missing")
+    answer(errors.KeyInvalid, 400, "The idempotency key is not valid")
     if policy.on_conflict == "wait":
         in_use = 409
         answer(
+            errors.KeyInUse,
             in_use,
             "A request with this idempotency key was still being processed after "
-            f"waiting {_duration(policy.wait_timeout)} for it; retry later "
-            "(idempotency_key_in_use).",
-            retry=True,
+            f"waiting {_duration(policy.wait_timeout)} for it; retry later",
         )
     else:
         in_use = policy.on_conflict
         answer(
+            errors.KeyInUse,
             in_use,
-            "A request with this idempotency key is still being processed; retry "
-            "later (idempotency_key_in_use).",
-            retry=True,
+            "A request with this idempotency key is still being processed; retry later",
         )
     if policy.atomic and in_use != 409:
         answer(
+            errors.KeyInUse,
             409,
             "Another request took this idempotency key over before the operation "
-            "committed; retry later (idempotency_key_in_use).",
-            retry=True,
+            "committed; retry later",
         )
     if policy.duplicate_response is None:
         answer(
+            errors.ResponseNotStored,
             409,
             "A request with this idempotency key was processed, but its response was "
-            "not stored and cannot be replayed (idempotency_response_not_stored).",
+            "not stored and cannot be replayed",
         )
     answer(
-        422,
-        "This idempotency key was used with a different request (idempotency_key_mismatch).",
+        errors.KeyMismatch,
+        mismatch_status(policy),
+        "This idempotency key was used with a different request",
     )
     if not policy.fail_open or policy.atomic:
         answer(
+            errors.StorageUnavailable,
             503,
-            "Idempotency keys cannot be checked right now; retry later "
-            "(idempotency_storage_unavailable).",
-            retry=True,
+            "Idempotency keys cannot be checked right now; retry later",
+        )
+    if policy.atomic or transactions.atomic_requests():
+        answer(
+            errors.TransactionRolledBack,
+            503,
+            "The operation answered a success, but its writes were rolled back, so "
+            "nothing was done; retry",
         )
     answers: dict[int, dict[str, Any]] = {}
     for status, texts in sorted(sentences.items()):
         answers[status] = {"description": " ".join(texts)}
-        if headers and status in retry_after:
+        if status in retry_after:
             answers[status]["headers"] = {"Retry-After": dict(RETRY_AFTER_HEADER)}
     return answers
 

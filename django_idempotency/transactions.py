@@ -22,6 +22,12 @@ from typing import Any
 from django.db import connections, transaction
 
 
+def atomic_requests() -> bool:
+    """Whether a database wraps each request in a transaction (its
+    ``ATOMIC_REQUESTS``), whose rollback may undo what a view answered."""
+    return any(database.get("ATOMIC_REQUESTS") for database in connections.settings.values())
+
+
 def opened_by_test(connection: Any) -> bool:
     """Whether a test case's transaction is open on ``connection``."""
     return any(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)

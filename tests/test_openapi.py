@@ -35,6 +35,7 @@ from django_idempotency.errors import (
     KeyMissing,
     ResponseNotStored,
     StorageUnavailable,
+    TransactionRolledBack,
 )
 from django_idempotency.rest_framework import IdempotencyMixin
 
@@ -269,6 +270,7 @@ def test_the_problem_schema_describes_every_error_once() -> None:
         KeyMismatch(),
         ResponseNotStored(original_status=201),
         StorageUnavailable(),
+        TransactionRolledBack(),
     )
     for error in every_error:
         document = error.as_problem()
@@ -492,7 +494,10 @@ def test_errors_of_the_projects_own_shape_are_described_only() -> None:
 
     responses = operation(PlainTextErrors.as_view())["responses"]
     assert list(responses) == ["201", "400", "409", "422", "503"]
-    assert responses["409"].keys() == {"description"}
+    assert responses["409"].keys() == {"description", "headers"}
+    # Whatever renders the answers, the transient ones carry Retry-After.
+    assert set(responses["409"]["headers"]) == {"Retry-After"}
+    assert "headers" not in responses["422"]
 
 
 def test_the_demo_schema_endpoint(client: Any) -> None:

@@ -28,18 +28,13 @@ class IdempotencyHttpError(HttpError):
 
 def error_renderer(api: NinjaAPI | None) -> Callable[[HttpRequest, IdempotencyError], Any]:
     """How ``api`` answers this package's errors when the ``error_response``
-    option does not say: through its exception handlers, with the error's
-    headers (``Retry-After``) added."""
+    option does not say: through its exception handlers (the retry hint,
+    ``Retry-After``, is added to whatever they answer, as to every answer)."""
 
     def render(request: HttpRequest, error: IdempotencyError) -> HttpResponseBase:
-        response: HttpResponseBase
         if api is None:
-            response = JsonResponse({"detail": error.detail}, status=error.status)
-        else:
-            response = api.on_exception(request, IdempotencyHttpError(error))
-        for name, value in error.headers.items():
-            if name not in response:
-                response[name] = value
+            return JsonResponse({"detail": error.detail}, status=error.status)
+        response: HttpResponseBase = api.on_exception(request, IdempotencyHttpError(error))
         return response
 
     return render

@@ -263,7 +263,7 @@ class _Answers(dict[Any, Any]):
     def _answers(self) -> Mapping[Any, Any]:
         policy = self.protection.policy
         answers: dict[Any, Any] = {}
-        for status, answer in openapi.answers(policy, headers=True).items():
+        for status, answer in openapi.answers(policy).items():
             if status in self.declared:
                 continue  # the operation documents it itself
             if policy.error_response is problem_response:

@@ -53,8 +53,5 @@ def _through_exception_handler(
     response: HttpResponseBase | None = handler(IdempotencyAPIException(error), context)
     if response is None:  # the handler declined this exception
         return problem_response(request, error)
-    for name, value in error.headers.items():
-        if name not in response:
-            response[name] = value
     response.exception = True  # type: ignore[attr-defined]  # as DRF marks handled errors
     return response

@@ -158,7 +158,7 @@ class IdempotencyAutoSchema(AutoSchema):
             return operation
         responses = operation.setdefault("responses", {})
         problems = self._answers_problems(policy)
-        answers = openapi.answers(policy, headers=policy.error_response is None)
+        answers = openapi.answers(policy)
         for status, answer in answers.items():
             if str(status) in responses:
                 continue  # the view documents it itself
