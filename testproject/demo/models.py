@@ -28,3 +28,26 @@ class Execution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} in {self.pid}"
+
+
+class Charge(models.Model):
+    """A payment of the demo's Stripe-style API (``demo.payments``)."""
+
+    amount = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+    def as_stripe(self) -> dict[str, object]:
+        """The charge as Stripe's API represents one."""
+        return {
+            "id": f"ch_{self.pk}",
+            "object": "charge",
+            "amount": self.amount,
+            "currency": self.currency,
+            "description": self.description,
+            "created": int(self.created_at.timestamp()),
+        }

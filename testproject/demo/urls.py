@@ -5,7 +5,7 @@ import os
 from django.conf import settings
 from django.urls import URLPattern, URLResolver, include, path
 
-from demo import views
+from demo import payments, views
 from demo.rpc_api import rpc
 
 urlpatterns: list[URLPattern | URLResolver] = [
@@ -18,6 +18,8 @@ urlpatterns: list[URLPattern | URLResolver] = [
     # JSON-RPC, another framework, through an adapter of its own (demo.rpc_idempotency).
     path("rpc/", rpc.view, name="rpc"),
     path("async/rpc/", rpc.aview, name="rpc-async"),
+    # A Stripe-style API, answering with Stripe's errors (demo.payments).
+    path("payments/v1/charges", payments.charges, name="payments-charges"),
     # Protected by IdempotencyMiddleware (IDEMPOTENCY["PROTECTED_URLS"] in settings).
     path("shop/", include("demo.shop")),
 ]
