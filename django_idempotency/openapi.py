@@ -6,6 +6,7 @@ build on it, so that both document the same protection the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django_idempotency import errors, transactions
@@ -60,6 +61,47 @@ def problem_schema(code: dict[str, Any]) -> dict[str, Any]:
         },
         "required": ["type", "title", "status", "detail", "code"],
     }
+
+
+def stripe_error_schema(code: dict[str, Any]) -> dict[str, Any]:
+    """The schema of the package's errors under Stripe's answers
+    (:func:`.errors.stripe_response`); ``code`` as for :func:`problem_schema`."""
+    return {
+        "type": "object",
+        "description": "Stripe's error object, answered instead of the operation's response.",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": sorted(set(errors.STRIPE_TYPES.values()))},
+                    "code": code,
+                    "message": {"type": "string"},
+                    "original_status": {
+                        "type": "integer",
+                        "description": "The status of the response that was not stored "
+                        "(idempotency_response_not_stored only).",
+                    },
+                },
+                "required": ["type", "code", "message"],
+            }
+        },
+        "required": ["error"],
+    }
+
+
+ErrorSchema = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: The package's own formats of its answers (the renderers of
+#: ``error_response``), each with the component name, the media type and
+#: the schema of its bodies, which a schema generator documents; a
+#: project's own format is described in words only.
+FORMATS: dict[Callable[..., Any], tuple[str, str, ErrorSchema]] = {
+    errors.problem_response: ("IdempotencyProblem", errors.PROBLEM_CONTENT_TYPE, problem_schema),
+    errors.stripe_response: ("IdempotencyStripeError", "application/json", stripe_error_schema),
+}
+
+#: The component name of :data:`CODE_SCHEMA`, where a generator keeps components.
+CODE_COMPONENT = "IdempotencyErrorCode"
 
 
 RETRY_AFTER_HEADER: dict[str, Any] = {

@@ -553,6 +553,23 @@ def test_the_schema_shows_the_header_and_the_answers(serve: Callable[..., str]) 
     assert set(plain_operation["responses"]) == {201}
 
 
+def test_the_schema_documents_stripes_answers(
+    serve: Callable[..., str], idempotency_settings: Any
+) -> None:
+    idempotency_settings(ERROR_RESPONSE="django_idempotency.errors.stripe_response")
+    api = new_api()
+    _operations(api)
+    mount(serve, api)
+
+    responses = _schema(api, "/above")["responses"]
+
+    assert set(responses) == {201, 400, 409, 503}
+    assert "idempotency_key_mismatch" in responses[400]["description"]
+    schema = responses[400]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["error"]
+    assert schema["properties"]["error"]["required"] == ["type", "code", "message"]
+
+
 def test_the_schema_keeps_what_the_operation_documents(
     serve: Callable[..., str], idempotency_settings: Any
 ) -> None:

@@ -97,6 +97,14 @@ class PlainTextErrors(IdempotencyMixin, APIView):
         return Response(status=201)
 
 
+class StripeAnswers(IdempotencyMixin, APIView):
+    idempotency_error_response = "django_idempotency.errors.stripe_response"
+
+    @extend_schema(request=OrderSerializer, responses=CREATED)
+    def post(self, request: Request) -> Response:
+        return Response(status=201)
+
+
 class Negotiated(IdempotencyMixin, APIView):
     def get_idempotency_options(self) -> dict[str, Any]:
         return {"required": self.request.method == "POST"}
@@ -511,3 +519,20 @@ def test_the_demo_schema_endpoint(client: Any) -> None:
     assert [h["name"] for h in headers(paths["/api/function/orders/"]["post"])] == [
         "Idempotency-Key"
     ]
+
+
+def test_stripes_answers_are_documented_with_their_schema_and_statuses() -> None:
+    schema = schema_of(path("endpoint/", StripeAnswers.as_view()))
+    responses = schema["paths"]["/endpoint/"]["post"]["responses"]
+
+    assert list(responses) == ["201", "400", "409", "503"]  # the mismatch is a 400
+    assert "idempotency_key_mismatch" in responses["400"]["description"]
+    stripe_error = {"$ref": "#/components/schemas/IdempotencyStripeError"}
+    for status in ("400", "409", "503"):
+        assert responses[status]["content"] == {"application/json": {"schema": stripe_error}}
+    assert "headers" not in responses["400"]
+    error = schema["components"]["schemas"]["IdempotencyStripeError"]["properties"]["error"]
+    assert error["properties"]["code"] == {"$ref": "#/components/schemas/IdempotencyErrorCode"}
+    assert "idempotency_error" in error["properties"]["type"]["enum"]
+    [header] = headers(schema["paths"]["/endpoint/"]["post"])
+    assert "it gets a 400" in header["description"]

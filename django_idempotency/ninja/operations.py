@@ -33,7 +33,6 @@ from ninja.operation import AsyncOperation, Operation
 
 from django_idempotency import openapi
 from django_idempotency.engine import Exchange, Idempotency
-from django_idempotency.errors import problem_response
 from django_idempotency.ninja.errors import error_renderer
 
 #: The request attribute of the :class:`NinjaCall` of a protected operation.
@@ -266,8 +265,10 @@ class _Answers(dict[Any, Any]):
         for status, answer in openapi.answers(policy).items():
             if status in self.declared:
                 continue  # the operation documents it itself
-            if policy.error_response is problem_response:
-                answer["content"] = {"application/problem+json": {"schema": _PROBLEM}}
+            known = openapi.FORMATS.get(policy.error_response)  # type: ignore[arg-type]
+            if known is not None:  # a format of the package's own: its schema
+                _, media_type, schema = known
+                answer["content"] = {media_type: {"schema": schema(openapi.CODE_SCHEMA)}}
             answers[status] = answer
         return {**answers, **dict(super().items())}
 
@@ -285,6 +286,3 @@ class _Answers(dict[Any, Any]):
 
     def keys(self) -> Any:
         return self._answers().keys()
-
-
-_PROBLEM = openapi.problem_schema(openapi.CODE_SCHEMA)

@@ -57,7 +57,7 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework.views import APIView
 from rest_framework.viewsets import ViewSetMixin
 
-from django_idempotency import errors, openapi
+from django_idempotency import openapi
 from django_idempotency.engine import Idempotency
 from django_idempotency.policy import Policy
 from django_idempotency.rest_framework.exceptions import error_renderer
@@ -67,8 +67,7 @@ from django_idempotency.rest_framework.mixins import (
 )
 from django_idempotency.rest_framework.view_schema import ProtectedSchema, schema_wrappers
 
-PROBLEM_COMPONENT = "IdempotencyProblem"
-CODE_COMPONENT = "IdempotencyErrorCode"
+CODE_COMPONENT = openapi.CODE_COMPONENT
 
 
 # -- which operations are protected, and how ---------------------------------------------
@@ -157,13 +156,13 @@ class IdempotencyAutoSchema(AutoSchema):
         if operation is None or policy is None:
             return operation
         responses = operation.setdefault("responses", {})
-        problems = self._answers_problems(policy)
+        content = self._error_content(policy)
         answers = openapi.answers(policy)
         for status, answer in answers.items():
             if str(status) in responses:
                 continue  # the view documents it itself
-            if problems:
-                answer["content"] = {"application/problem+json": {"schema": self._problem_ref()}}
+            if content is not None:
+                answer["content"] = content
             responses[str(status)] = answer
         return operation
 
@@ -176,22 +175,25 @@ class IdempotencyAutoSchema(AutoSchema):
             return parameters
         return [key_parameter(policy), *parameters]
 
-    def _answers_problems(self, policy: Policy) -> bool:
-        """Whether errors are problem+json: no ``error_response`` option, and
-        DRF's own exception handler (see ``rest_framework.exceptions``)."""
-        return (
-            policy.error_response is None and error_renderer(self.view) is errors.problem_response
-        )
+    def _error_content(self, policy: Policy) -> dict[str, Any] | None:
+        """The content of the package's answers, where they are in one of
+        its own formats (:data:`.openapi.FORMATS`): the ``error_response``
+        option's, else the view's (see ``rest_framework.exceptions``).
+        None for a project's own format, described in words only."""
+        known = openapi.FORMATS.get(policy.error_response or error_renderer(self.view))
+        if known is None:
+            return None
+        name, media_type, schema = known
+        code = self._component(CODE_COMPONENT, openapi.CODE_SCHEMA)
+        return {media_type: {"schema": self._component(name, schema(code))}}
 
-    def _problem_ref(self) -> dict[str, Any]:
-        ref: dict[str, Any] = {}
-        problem = openapi.problem_schema({"$ref": f"#/components/schemas/{CODE_COMPONENT}"})
-        for name, schema in ((CODE_COMPONENT, openapi.CODE_SCHEMA), (PROBLEM_COMPONENT, problem)):
-            component = ResolvedComponent(  # type: ignore[no-untyped-call]
-                name=name, type=ResolvedComponent.SCHEMA, object=name, schema=schema
-            )
-            self.registry.register_on_missing(component)
-            ref = component.ref
+    def _component(self, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """A reference to the component ``name`` with ``schema``, registered once."""
+        component = ResolvedComponent(  # type: ignore[no-untyped-call]
+            name=name, type=ResolvedComponent.SCHEMA, object=name, schema=schema
+        )
+        self.registry.register_on_missing(component)
+        ref: dict[str, Any] = component.ref
         return ref
 
     def get_description(self) -> str:  # type: ignore[override]  # (as AutoSchema's)
