@@ -17,15 +17,18 @@ from django.test import Client
 from django.urls import clear_url_caches
 from helpers import replayed
 
-from demo.models import Order
+from demo.models import Charge, Order
 from django_idempotency.models import IdempotencyKey
 
 BENCH = "demo.bench"
 FLOORS = ("floor-database", "floor-one-commit", "floor-redis")
 
 
-#: Every route the benchmark's URLconf mounts, ``bench/<view>/<form>/``.
-ROUTES = [str(pattern.pattern) for pattern in import_module(BENCH).urlpatterns]
+#: Every route of ``benchmarks/run.py``, ``bench/<view>/<form>/``, and of
+#: ``benchmarks/clients.py``, ``bench/clients/<store>/<answers>/<case>/v1/charges``.
+ALL_ROUTES = [str(pattern.pattern) for pattern in import_module(BENCH).urlpatterns]
+ROUTES = [route for route in ALL_ROUTES if not route.startswith("bench/clients/")]
+CLIENT_ROUTES = [route for route in ALL_ROUTES if route.startswith("bench/clients/")]
 
 
 def _form(route: str) -> str:
@@ -113,3 +116,48 @@ def test_the_redis_floor_claims_and_completes_a_record(bench: Client, route: str
     record = get_redis_connection("idempotency").hgetall(f"{prefix}:floor:{key}")
     assert record[b"s"] == b"c"
     assert record[b"b"] == response.content
+
+
+# -- benchmarks/clients.py ---------------------------------------------------------------------
+
+
+def _charge(client: Client, route: str, key: str | None) -> Any:
+    headers = {"Authorization": "Bearer sk_bench"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return client.post("/" + route, {"amount": "100", "currency": "eur"}, headers=headers)
+
+
+def _code(response: Any) -> str:
+    document = json.loads(response.content)
+    return str(document["error"]["code"] if "error" in document else document["code"])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", CLIENT_ROUTES)
+def test_each_client_case_answers_as_it_says(bench: Client, route: str) -> None:
+    answers, case = route.split("/")[3:5]
+    key = uuid.uuid4().hex
+
+    first = _charge(bench, route, key)
+    again = _charge(bench, route, key)
+
+    if case == "rollback":
+        assert first.status_code == again.status_code == 503
+        assert _code(first) == "idempotency_transaction_rolled_back"
+        assert Charge.objects.count() == 0
+        return
+    assert first.status_code == 200
+    assert json.loads(first.content) == Charge.objects.get().as_stripe()
+    if case == "unstored":
+        assert again.status_code == 409
+        assert _code(again) == "idempotency_response_not_stored"
+    else:
+        assert replayed(again)
+        assert again.content == first.content
+    if case == "required":
+        missing = _charge(bench, route, None)
+        assert missing.status_code == 400
+        assert _code(missing) == "idempotency_key_missing"
+    if answers == "stripe":
+        assert again.has_header("Stripe-Should-Retry") == (case == "unstored")

@@ -12,6 +12,8 @@ answer that ``Stripe-Should-Retry: false`` marks.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -252,3 +254,49 @@ def test_stripe_sdk_stops_at_a_permanent_answer_under_stripes_answers(
     # The first call, then the duplicate: once under Stripe's answers
     # (Stripe-Should-Retry: false), and retried three times in vain otherwise.
     assert proxy.requests["order-43"] == (2 if answers == "stripe" else 5)
+
+
+class HintedRetry(Retry):
+    """The how-to's ``Retry`` (docs/howto/retrying-clients.rst): a 409 is
+    retried only when it carries ``Retry-After``."""
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 409 and not has_retry_after:
+            return False  # a permanent conflict: retrying cannot change it
+        return bool(super().is_retry(method, status_code, has_retry_after))
+
+
+def test_a_retry_that_reads_the_hint_stops_at_permanent_conflicts_only(
+    live_server: Any, uses: Any, proxied: Callable[..., LossyProxy], serve: Callable[..., str]
+) -> None:
+    path = charges_endpoint(serve, max_body_size=300)
+    proxy = proxied(rate=0)
+    session = requests.Session()
+    retry = HintedRetry(
+        total=5, status_forcelist=[409, 502, 503], allowed_methods=None, raise_on_status=False
+    )
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+
+    def charge(key: str, description: str, timeout: float = 30, delay: str = "0") -> Any:
+        data = {"amount": "100", "description": description, "metadata[delay]": delay}
+        headers = {"Idempotency-Key": key, "Authorization": "Bearer sk_1"}
+        return session.post(proxy.url + path, data=data, headers=headers, timeout=timeout)
+
+    # In flight: a 409 with Retry-After, retried until the charge is stored.
+    first = threading.Thread(target=charge, args=("slow", "slow"), kwargs={"delay": "1.5"})
+    first.start()
+    time.sleep(0.3)
+    slow = charge("slow", "slow", delay="1.5")
+    first.join()
+    assert slow.status_code == 200
+    assert slow.json() == Charge.objects.get(description="slow").as_stripe()
+    assert proxy.requests["slow"] >= 3  # the first, then 409s, then the replay
+
+    # Not stored (its answer is over max_body_size): a 409 without
+    # Retry-After, sent once.
+    long_description = "x" * 200
+    assert charge("big", long_description).status_code == 200
+    refused = charge("big", long_description)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "idempotency_response_not_stored"
+    assert proxy.requests["big"] == 2

@@ -21,6 +21,10 @@ and Lua and precomputed parameters, and none of the package's Python around
 them. What a protected form costs beyond its floor is the package's Python.
 ``floor-one-commit`` is the database floor with the claim, the view's
 writes and the completion committed once: a design measured, not built.
+
+``benchmarks/clients.py`` calls the demo's charges (``demo.payments``) at
+``/bench/clients/<store>/<answers>/<case>/v1/charges``: on each store, with
+problem+json or Stripe's answers, and in each case of ``CLIENT_CASES``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from django.urls import URLPattern, path
 from django.views.decorators.csrf import csrf_exempt
 
 from demo.models import Order
+from demo.payments import api_key_scope, create_charge
 from django_idempotency.decorators import idempotent
+from django_idempotency.errors import stripe_response
 
 #: The typical answer's padding: the document is about 1 KB.
 NOTE = "x" * 900
@@ -197,3 +203,52 @@ if settings.HAS_DRF:
         if settings.HAS_REDIS:
             redis_view = protected_class.as_view(idempotency_storage=_redis_storage())
             urlpatterns.append(path(f"bench/{name}/drf-redis/", redis_view))
+
+
+# -- benchmarks/clients.py: the demo's charges, for clients that retry ---------------------------
+
+#: ``on_conflict="wait"``'s limit in the ``wait`` case.
+CLIENTS_WAIT_TIMEOUT = 10
+
+#: How each case protects the charges: ``conflict`` answers 409 to a request
+#: in flight, ``wait`` waits for it, ``required`` needs a key, ``unstored``
+#: stores no response (too large), ``rollback``'s writes are rolled back.
+CLIENT_CASES: dict[str, dict[str, Any]] = {
+    "conflict": {},
+    "wait": {"on_conflict": "wait", "wait_timeout": CLIENTS_WAIT_TIMEOUT},
+    "required": {"required": True},
+    "unstored": {"max_body_size": 10},
+    "rollback": {},
+}
+
+
+def _rolled_back_charge(request: HttpRequest) -> HttpResponse:
+    response = create_charge(request)
+    transaction.set_rollback(True)  # as a failed later step of the request would
+    return response
+
+
+def _charges(storage: Any, answers: str, case: str) -> Callable[..., HttpResponse]:
+    view = _rolled_back_charge if case == "rollback" else create_charge
+    protected = idempotent(
+        view,
+        storage=storage,
+        scope_func=api_key_scope,
+        error_response=stripe_response if answers == "stripe" else None,
+        **CLIENT_CASES[case],
+    )
+    return csrf_exempt(transaction.atomic(protected) if case == "rollback" else protected)
+
+
+_client_stores: dict[str, Any] = {"database": "django_idempotency.storage.DatabaseStorage"}
+if settings.HAS_REDIS:
+    _client_stores["redis"] = _redis_storage()
+for _store, _storage in _client_stores.items():
+    for _answers in ("problem", "stripe"):
+        for _case in CLIENT_CASES:
+            urlpatterns.append(
+                path(
+                    f"bench/clients/{_store}/{_answers}/{_case}/v1/charges",
+                    _charges(_storage, _answers, _case),
+                )
+            )
