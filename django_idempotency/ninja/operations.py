@@ -261,14 +261,16 @@ class _Answers(dict[Any, Any]):
 
     def _answers(self) -> Mapping[Any, Any]:
         policy = self.protection.policy
+        content = None
+        if policy.error_response in openapi.FORMATS:  # a format of the package's own
+            _, media_type, schema = openapi.FORMATS[policy.error_response]
+            content = {media_type: {"schema": schema(openapi.CODE_SCHEMA)}}
         answers: dict[Any, Any] = {}
         for status, answer in openapi.answers(policy).items():
             if status in self.declared:
                 continue  # the operation documents it itself
-            known = openapi.FORMATS.get(policy.error_response)  # type: ignore[arg-type]
-            if known is not None:  # a format of the package's own: its schema
-                _, media_type, schema = known
-                answer["content"] = {media_type: {"schema": schema(openapi.CODE_SCHEMA)}}
+            if content is not None:
+                answer["content"] = content
             answers[status] = answer
         return {**answers, **dict(super().items())}
 
