@@ -36,6 +36,14 @@ CODE_SCHEMA: dict[str, Any] = {
 }
 
 
+#: The extra member of ``idempotency_response_not_stored``, in either format.
+ORIGINAL_STATUS_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "description": "The status of the response that was not stored "
+    "(idempotency_response_not_stored only).",
+}
+
+
 def problem_schema(code: dict[str, Any]) -> dict[str, Any]:
     """The schema of this package's problem documents; ``code`` is the
     schema of their ``code``: :data:`CODE_SCHEMA`, or a reference to it where
@@ -53,11 +61,7 @@ def problem_schema(code: dict[str, Any]) -> dict[str, Any]:
             # A component of its own (drf-spectacular would name an enum in
             # place after its property, "CodeEnum", as it names the project's).
             "code": code,
-            "original_status": {
-                "type": "integer",
-                "description": "The status of the response that was not stored "
-                "(idempotency_response_not_stored only).",
-            },
+            "original_status": ORIGINAL_STATUS_SCHEMA,
         },
         "required": ["type", "title", "status", "detail", "code"],
     }
@@ -76,11 +80,7 @@ def stripe_error_schema(code: dict[str, Any]) -> dict[str, Any]:
                     "type": {"type": "string", "enum": sorted(set(errors.STRIPE_TYPES.values()))},
                     "code": code,
                     "message": {"type": "string"},
-                    "original_status": {
-                        "type": "integer",
-                        "description": "The status of the response that was not stored "
-                        "(idempotency_response_not_stored only).",
-                    },
+                    "original_status": ORIGINAL_STATUS_SCHEMA,
                 },
                 "required": ["type", "code", "message"],
             }

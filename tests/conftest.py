@@ -232,6 +232,14 @@ def _fresh_configuration() -> Iterator[None]:
 
 
 @pytest.fixture
+def uses(store: Any, idempotency_settings: Callable[..., None]) -> Any:
+    """Every protection in the test keeps its keys in ``store`` (the
+    ``STORAGE`` setting): the database store, then the Redis store."""
+    idempotency_settings(STORAGE=store)
+    return store
+
+
+@pytest.fixture
 def atomic_requests() -> Iterator[None]:
     """ATOMIC_REQUESTS on the default database, for one test (in place:
     Django reads it from the connection's settings)."""

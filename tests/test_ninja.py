@@ -58,13 +58,6 @@ async def _acreate(payload: OrderIn) -> Status:
     return Status(201, await Order.objects.acreate(**payload.dict()))
 
 
-@pytest.fixture
-def uses(store: Any, idempotency_settings: Any) -> Any:
-    """Keys in the test's store (database, then Redis)."""
-    idempotency_settings(STORAGE=store)
-    return store
-
-
 def mount(serve: Callable[..., str], api: NinjaAPI) -> str:
     """Serve ``api`` under /api/ and return that prefix."""
     serve(api.urls, "api/")

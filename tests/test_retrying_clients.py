@@ -53,13 +53,6 @@ def proxied(live_server: Any) -> Iterator[Callable[..., LossyProxy]]:
         proxy.close()
 
 
-@pytest.fixture
-def uses(store: Any, idempotency_settings: Callable[..., None]) -> Any:
-    """Every protection in the test keeps its keys in ``store``."""
-    idempotency_settings(STORAGE=store)
-    return store
-
-
 def charges_endpoint(serve: Callable[..., str], **options: Any) -> str:
     """``create_charge`` of the demo, protected with ``options``, at
     ``/payments/v1/charges`` (the path Stripe's SDK calls)."""
