@@ -25,10 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.test import Client
-from helpers import ORDER, create_order, drf_protected, in_flight_claim, send
+from django.test import AsyncClient, Client
+from helpers import ORDER, acreate_order, asend, create_order, drf_protected, in_flight_claim, send
 
 from django_idempotency.decorators import idempotent
 from django_idempotency.errors import IdempotencyError
@@ -232,3 +233,34 @@ def test_stripes_answers_keep_the_extra_members_and_the_conflict_status(
     in_use = send(client, url, key="another")
     assert in_use.status_code == 423  # on_conflict still decides
     assert in_use["Stripe-Should-Retry"] == "true"
+
+
+# -- async views ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("close_orm_thread_connections")
+@pytest.mark.parametrize("form", ["own", "bare", "stripe"])
+async def test_an_async_views_answers_carry_the_same_hints(
+    form: str,
+    serve: Callable[..., str],
+    async_client: AsyncClient,
+    idempotency_settings: Callable[..., None],
+) -> None:
+    renderer = FORMATS[form]
+    if renderer is not None:
+        idempotency_settings(ERROR_RESPONSE=renderer)
+    url = serve(idempotent(acreate_order))
+    assert (await asend(async_client, url)).status_code == 201
+
+    reused = await asend(async_client, url, {**ORDER, "quantity": 99})
+    await sync_to_async(in_flight_claim)(url, key="another")
+    in_use = await asend(async_client, url, key="another")
+
+    assert reused.status_code == (400 if form == "stripe" else 422)
+    assert "Retry-After" not in reused
+    assert in_use.status_code == 409
+    assert in_use["Retry-After"] == "1"
+    if form == "stripe":
+        assert reused["Stripe-Should-Retry"] == "false"
+        assert in_use["Stripe-Should-Retry"] == "true"
